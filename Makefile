@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh clone:
+#   make train   bootstrap .venv, train FacRNN on the built-in synthetic benchmark, evaluate, print results
+#   make test    bootstrap .venv, run the test suite
+# Extra Hydra overrides: make train ARGS="experiment=synthetic_paper seed=1"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel of torch; a GPU user installs their CUDA build into .venv first (see README)
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not slow"
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: venv train test test-all clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+train: venv
+	$(PY) train.py $(ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: venv
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) logs data/cache .pytest_cache

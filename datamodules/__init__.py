@@ -1,0 +1,1 @@
+"""LightningDataModules, one per data source, sharing loading and validation code."""

@@ -1,0 +1,63 @@
+"""Loss terms of the FacRNN VAE (DESIGN §1). Pure functions; shapes in docstrings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Negative Gaussian log-likelihood with per-neuron std, full constant.
+
+    Parameters
+    ----------
+    x, mean : (n, N) tensors
+    log_std : (N,) tensor
+        Per-neuron ``log s``.
+
+    Returns
+    -------
+    scalar tensor
+        ``mean_i sum_n [0.5 ((x - mean) / s)^2 + log s + 0.5 log 2 pi]``.
+    """
+    standardized = (x - mean) * torch.exp(-log_std)
+    per_neuron = 0.5 * standardized.pow(2) + log_std + 0.5 * math.log(2.0 * math.pi)
+    return per_neuron.sum(-1).mean()
+
+
+def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
+    """``KL(N(mu, h^2 I) || N(0, I))`` averaged over the batch.
+
+    Parameters
+    ----------
+    means : (n, K) tensor
+    width : float
+        Posterior width ``h``.
+
+    Returns
+    -------
+    scalar tensor
+        ``mean_i 0.5 sum_k (mu_ik^2 + h^2 - 1 - 2 log h)``.
+    """
+    latent_dim = means.shape[-1]
+    constant = 0.5 * latent_dim * (width**2 - 1.0 - 2.0 * math.log(width))
+    return 0.5 * means.pow(2).sum(-1).mean() + constant
+
+
+def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
+    """Off-block-diagonal energy of the overlap matrix ``B A`` (bdRNN baseline).
+
+    Parameters
+    ----------
+    overlap : (K, K) tensor
+        ``B A``.
+    block_mask : (K, K) tensor
+        1 inside the group blocks, 0 elsewhere.
+
+    Returns
+    -------
+    scalar tensor
+        ``mean((1 - mask) * overlap^2)``.
+    """
+    return ((1.0 - block_mask) * overlap.pow(2)).mean()

@@ -1,0 +1,166 @@
+"""What ``train.py`` and ``evaluate.py`` do: build everything from a Hydra config, fit,
+evaluate, write results into the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.base import RecordingDataModule
+from facrnn.evaluation import Evaluation, evaluate_model
+from facrnn.module import FacRNNModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
+    """Build and set up the datamodule of a config."""
+    datamodule = hydra.utils.instantiate(datamodule_cfg, _convert_="all")
+    datamodule.setup()
+    return datamodule
+
+
+def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule) -> FacRNNModule:
+    """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data."""
+    return hydra.utils.instantiate(
+        model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all"
+    )
+
+
+def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a config group (callbacks, loggers)."""
+    if not group_cfg:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in group_cfg.values() if entry and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model as configured; evaluate it when ``cfg.evaluate``.
+
+    Returns
+    -------
+    dict with ``run_dir``, ``wall_time_s`` and, after evaluation, ``metrics``.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(int(cfg.threads))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    datamodule = instantiate_datamodule(cfg.datamodule)
+    module = instantiate_module(cfg.model, datamodule)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log.info("training %s (group sizes %s) in %s", cfg.model.name, module.group_sizes, run_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        finish_wandb(loggers)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
+    if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run"):
+        result["metrics"] = evaluate_run(run_dir, datamodule=datamodule).metrics
+    result["wall_time_s"] = time.perf_counter() - started
+    return result
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """Close W&B runs so a multirun's next job starts a fresh one."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+
+
+def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """Path of the ``best`` or ``last`` checkpoint of a run, or ``which`` itself if it is a file."""
+    if which not in ("best", "last"):
+        path = Path(which)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint={which}: not a file; expected best, last or a .ckpt path")
+        return path
+    candidates = [run_dir / "checkpoints" / f"{which}.ckpt"]
+    if which == "best":
+        candidates.append(run_dir / "checkpoints" / "last.ckpt")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{run_dir}/checkpoints: no {which}.ckpt; expected a run directory written by train.py")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    split: str = "test",
+    n_mc: int = 10,
+    seed: int = 0,
+    figures: bool = True,
+    datamodule: RecordingDataModule | None = None,
+) -> Evaluation:
+    """Evaluate a finished training run; writes ``metrics.json`` and figures into it."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py")
+    cfg = OmegaConf.load(config_path)
+    if datamodule is None:
+        datamodule = instantiate_datamodule(cfg.datamodule)
+    if split not in datamodule.splits:
+        raise ValueError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)
+    module = FacRNNModule.load(str(checkpoint_path))
+    evaluation = evaluate_model(module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed)
+    (run_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    log.info("evaluated %s on the %s split: %s", checkpoint_path, split, run_dir / METRICS_FILE)
+    if figures:
+        write_figures(run_dir, evaluation)
+    return evaluation
+
+
+def write_figures(run_dir: Path, evaluation: Evaluation) -> list[Path]:
+    """Latents, connectivity and training-curve PNGs of an evaluated run."""
+    from facrnn import plots
+
+    figure_dir = run_dir / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    written = []
+    if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
+        written.append(
+            plots.plot_latents(
+                evaluation.true_latents,
+                evaluation.aligned_latents,
+                evaluation.true_group_sizes,
+                figure_dir / "latents.png",
+                title="true vs aligned latents (held-out bins)",
+            )
+        )
+    arrays = evaluation.arrays
+    written.append(
+        plots.plot_connectivity(
+            arrays["W"],
+            arrays["W_groups"],
+            figure_dir / "connectivity.png",
+            true_w=arrays.get("W_true"),
+            true_group_w=arrays.get("W_groups_true"),
+            matching=evaluation.group_matching,
+        )
+    )
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    if metrics_csv.is_file():
+        written.append(plots.plot_training_curves(metrics_csv, figure_dir / "training_curves.png"))
+    return written
