@@ -112,7 +112,7 @@ def partial_correlation_eval(
     n_mc: int = 10,
     seed: int = 0,
     chunk_size: int | None = None,
-    max_chunk_bytes: int = 256 * 2**20,
+    max_chunk_bytes: int = 8 * 2**20,
 ) -> float:
     """Evaluation estimate of PC with every point as a kernel centre, streamed in chunks.
 
