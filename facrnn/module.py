@@ -59,7 +59,7 @@ class FacRNNModule(pl.LightningModule):
         link: str = "identity",
         history: int = 1,
         optimizer: str = "adamw",
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 1e-2,
         name: str = "facrnn",
     ) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import pytorch_lightning as pl
@@ -15,10 +17,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.base import RecordingDataModule
-from facrnn.evaluation import Evaluation, evaluate_model
 from facrnn.module import FacRNNModule
 
+if TYPE_CHECKING:
+    from facrnn.evaluation import Evaluation
+
 log = logging.getLogger(__name__)
+
+# Lightning advice that does not apply to in-memory per-bin data and epoch-level logging.
+QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*smaller than the logging interval.*",
+    r".*The anonymous setting has no effect.*",
+)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -53,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dict with ``run_dir``, ``wall_time_s`` and, after evaluation, ``metrics``.
     """
     started = time.perf_counter()
+    quiet_known_warnings()
     torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +88,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result["metrics"] = evaluate_run(run_dir, datamodule=datamodule).metrics
     result["wall_time_s"] = time.perf_counter() - started
     return result
+
+
+def quiet_known_warnings() -> None:
+    """Silence Lightning/W&B advice that does not apply here (see ``QUIET_WARNINGS``)."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def finish_wandb(loggers: list[Any]) -> None:
@@ -113,6 +132,8 @@ def evaluate_run(
     datamodule: RecordingDataModule | None = None,
 ) -> Evaluation:
     """Evaluate a finished training run; writes ``metrics.json`` and figures into it."""
+    from facrnn.evaluation import evaluate_model
+
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():

@@ -27,15 +27,15 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``conf/NAME.yaml`` like ``@hydra.main`` would, with run paths under ``tmp_path``."""
+def compose_config(name: str, overrides: list[str], tmp_path: Path, run_name: str = "run") -> DictConfig:
+    """Compose ``conf/NAME.yaml`` like ``@hydra.main`` would, with the run in ``tmp_path/run_name``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.paths.output_dir = str(tmp_path / run_name)
+        cfg.hydra.runtime.output_dir = str(tmp_path / run_name)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     return cfg
@@ -45,9 +45,9 @@ def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfi
 def tiny_train_cfg(tmp_path: Path):
     """Factory: a train config on tiny synthetic data with no W&B, extra overrides appended."""
 
-    def make(*overrides: str) -> DictConfig:
+    def make(*overrides: str, run_name: str = "run") -> DictConfig:
         base = TINY_DATA + ["logger=csv", "threads=1"]
-        return compose_config("train", base + list(overrides), tmp_path)
+        return compose_config("train", base + list(overrides), tmp_path, run_name)
 
     return make
 

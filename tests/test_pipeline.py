@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from facrnn.module import FacRNNModule
 from facrnn.pipeline import evaluate_run, train
@@ -50,13 +52,20 @@ def test_checkpoint_loads_alone(tiny_train_cfg) -> None:
     assert module.model.group_connectivity().shape == (2, 20, 20)
 
 
-def test_same_seed_same_loss(tiny_train_cfg) -> None:
-    def final_loss(seed: int) -> float:
-        cfg = tiny_train_cfg("debug=short", f"seed={seed}", "evaluate=false", "logger=none")
-        train(cfg)
-        module = FacRNNModule.load(str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"))
-        return float(module.model.encoder.weight.sum())
+def logged_train_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
-    first, second, other = final_loss(3), final_loss(3), final_loss(4)
-    assert first == second
-    assert first != other
+
+def test_same_seed_same_loss(tiny_train_cfg) -> None:
+    def run(seed: int, name: str) -> tuple[list[float], torch.Tensor]:
+        cfg = tiny_train_cfg("debug=short", "trainer.max_epochs=3", f"seed={seed}", "evaluate=false", run_name=name)
+        run_dir = Path(train(cfg)["run_dir"])
+        module = FacRNNModule.load(str(run_dir / "checkpoints" / "last.ckpt"))
+        return logged_train_losses(run_dir), module.model.encoder.weight.detach()
+
+    (losses, weights), (losses_again, weights_again), (other_losses, _) = run(3, "a"), run(3, "b"), run(4, "c")
+    assert len(losses) == 3
+    assert losses == losses_again
+    torch.testing.assert_close(weights, weights_again, rtol=0, atol=0)
+    assert losses != other_losses
