@@ -11,12 +11,14 @@ def resolve_group_sizes(
     latent_dim: int | None = None,
     n_groups: int | None = None,
     group_sizes: Sequence[int] | None = None,
+    group_rank: int | None = None,
 ) -> list[int]:
     """Return the list of group sizes ``[H_1, ..., H_G]``.
 
     ``group_sizes`` (unequal sizes allowed) wins when given, and must then sum to
-    ``latent_dim`` if that is given too. Otherwise ``latent_dim`` is split into
-    ``n_groups`` equal groups (the shorthand ``K = n_groups x group_rank``).
+    ``latent_dim`` if that is given too. Otherwise ``n_groups`` equal groups of
+    ``group_rank`` dimensions when ``group_rank`` is given, or ``latent_dim`` split into
+    ``n_groups`` equal groups (``K = n_groups x group_rank`` either way).
 
     Raises
     ------
@@ -33,6 +35,18 @@ def resolve_group_sizes(
             raise ValueError(
                 f"model.group_sizes={sizes} sums to {sum(sizes)} but model.latent_dim={latent_dim}: "
                 "expected the group sizes to sum to the latent dimension K"
+            )
+        return sizes
+    if group_rank is not None and n_groups is not None:
+        if int(group_rank) < 1 or int(n_groups) < 1:
+            raise ValueError(
+                f"model.n_groups={n_groups}, model.group_rank={group_rank}: expected positive integers"
+            )
+        sizes = [int(group_rank)] * int(n_groups)
+        if latent_dim is not None and sum(sizes) != int(latent_dim):
+            raise ValueError(
+                f"model.n_groups={n_groups} x model.group_rank={group_rank} = {sum(sizes)} but "
+                f"model.latent_dim={latent_dim}: expected them to agree (or set model.latent_dim=null)"
             )
         return sizes
     if latent_dim is None or n_groups is None:

@@ -30,6 +30,8 @@ class FacRNNModule(pl.LightningModule):
         ``K`` split into ``n_groups`` equal groups, unless ``group_sizes`` is given.
     group_sizes : list of int, optional
         Explicit (possibly unequal) latent group sizes; wins over ``n_groups``.
+    group_rank : int, optional
+        Shorthand: ``n_groups`` groups of ``group_rank`` dimensions each.
     width_samples : int, optional
         ``M`` used in the posterior width ``h = M^(-1/(K+4))``; defaults to ``n_train``.
     beta : float
@@ -53,6 +55,7 @@ class FacRNNModule(pl.LightningModule):
         latent_dim: int | None = 6,
         n_groups: int | None = 2,
         group_sizes: Sequence[int] | None = None,
+        group_rank: int | None = None,
         width_samples: int | None = None,
         beta: float = 20.0,
         alpha: float = 0.0,
@@ -64,7 +67,7 @@ class FacRNNModule(pl.LightningModule):
         name: str = "facrnn",
     ) -> None:
         super().__init__()
-        sizes = resolve_group_sizes(latent_dim, n_groups, group_sizes)
+        sizes = resolve_group_sizes(latent_dim, n_groups, group_sizes, group_rank)
         if beta < 0 or alpha < 0:
             raise ValueError(f"model.beta={beta}, model.alpha={alpha}: expected non-negative penalty weights")
         if optimizer not in OPTIMIZERS:

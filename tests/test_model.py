@@ -235,3 +235,14 @@ def test_group_slices_block_mask_and_padded_index() -> None:
     gathered = torch.cat([z, torch.zeros(1, 1)], dim=1)[:, index]
     assert torch.equal(gathered[0], torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 5.0], [6.0, 0.0, 0.0]]))
     assert torch.equal(padded_group_index([3, 3]), torch.tensor([[0, 1, 2], [3, 4, 5]]))
+
+
+def test_group_rank_shorthand() -> None:
+    from facrnn.grouping import resolve_group_sizes
+
+    assert resolve_group_sizes(None, 4, None, 2) == [2, 2, 2, 2]
+    assert resolve_group_sizes(8, 4, None, 2) == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="model.latent_dim=6"):
+        resolve_group_sizes(6, 4, None, 2)
+    with pytest.raises(ValueError, match="model.n_groups=0"):
+        resolve_group_sizes(None, 0, None, 2)
