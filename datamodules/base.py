@@ -103,6 +103,8 @@ class RecordingDataModule(pl.LightningDataModule):
             per_bin["external_input"] = torch.from_numpy(recording.external_input)
         if recording.latents is not None:
             per_bin["latents"] = torch.from_numpy(recording.latents)
+        if recording.behaviour is not None:
+            per_bin["behaviour"] = torch.from_numpy(recording.behaviour)
         n_trials = x.shape[0]
         per_bin["trial"] = torch.arange(n_trials).view(-1, 1).expand(n_trials, n_bins)
         per_bin["time"] = torch.arange(n_bins).view(1, -1).expand(n_trials, n_bins)

@@ -25,6 +25,8 @@ class Recording:
         Ground-truth input projection.
     group_sizes : list of int, optional
         True grouping of ``latents``.
+    behaviour : (trials, T, D) float32, optional
+        Behavioural variables per bin (e.g. hand velocity, D = 2).
     single_sequence : bool
         One long recording (missing past = zero) rather than trials (missing past = first bin).
     source : str
@@ -37,6 +39,7 @@ class Recording:
     A: np.ndarray | None = None
     B: np.ndarray | None = None
     group_sizes: list[int] | None = None
+    behaviour: np.ndarray | None = None
     single_sequence: bool = False
     source: str = "recording"
     extras: dict[str, np.ndarray] = field(default_factory=dict)
@@ -65,7 +68,7 @@ class Recording:
                 f"{where}: 'x' holds {n_bad} NaN/Inf values (first at trial {trials[0]}, bin {bins[0]}); "
                 "expected finite values"
             )
-        for key in ("external_input", "latents"):
+        for key in ("external_input", "latents", "behaviour"):
             value = getattr(self, key)
             if value is None:
                 continue
