@@ -29,6 +29,7 @@ QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*smaller than the logging interval.*",
     r".*The anonymous setting has no effect.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
 )
 
 CONFIG_FILE = "config.yaml"
@@ -94,6 +95,8 @@ def quiet_known_warnings() -> None:
     """Silence Lightning/W&B advice that does not apply here (see ``QUIET_WARNINGS``)."""
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    # Lightning's start-up banner (accelerator availability, tips) is noise in sweep logs.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
