@@ -1,4 +1,4 @@
-"""Evaluate a training run: ``python evaluate.py run_dir=RUN [checkpoint=best|last|PATH]``.
+"""Evaluate a training run: ``python evaluate.py run_dir=RUN [checkpoint=best|last|PATH] [posthoc=ica|svd]``.
 
 Writes ``RUN/metrics.json`` and ``RUN/figures/*.png``. See ``conf/evaluate.yaml``.
 """
@@ -14,7 +14,20 @@ from facrnn.report import format_metrics
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads))
-    evaluation = evaluate_run(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.n_mc, cfg.eval_seed, cfg.figures)
+    if cfg.get("posthoc"):
+        from facrnn.posthoc import POSTHOC_DIR, evaluate_posthoc
+
+        evaluation, _ = evaluate_posthoc(
+            cfg.run_dir, str(cfg.posthoc), cfg.checkpoint, cfg.split, cfg.n_mc, cfg.eval_seed, cfg.figures,
+            rollout_steps=int(cfg.get("rollout_steps", 20)), dynamics=bool(cfg.get("dynamics", True)),
+        )
+        print(format_metrics(evaluation.metrics, title=f"{cfg.split} metrics, post-hoc {cfg.posthoc}"))
+        print(f"written: {cfg.run_dir}/{POSTHOC_DIR.format(kind=cfg.posthoc)}/metrics.json")
+        return
+    evaluation = evaluate_run(
+        cfg.run_dir, cfg.checkpoint, cfg.split, cfg.n_mc, cfg.eval_seed, cfg.figures,
+        rollout_steps=int(cfg.get("rollout_steps", 20)), dynamics=bool(cfg.get("dynamics", True)),
+    )
     print(format_metrics(evaluation.metrics, title=f"{cfg.split} metrics"))
     print(f"written: {cfg.run_dir}/metrics.json")
 

@@ -1,6 +1,6 @@
 """Train a model: ``python train.py [experiment=...] [model=...] [key=value ...]``.
 
-See README.md and ``conf/train.yaml``.
+See README.md, docs/scale.md and ``conf/train.yaml``.
 """
 
 import hydra
@@ -8,16 +8,23 @@ from omegaconf import DictConfig
 
 from facrnn.pipeline import train
 from facrnn.report import format_metrics
+from facrnn.sweeps import objective_value, run_job_isolated
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train_and_report(cfg: DictConfig) -> float | None:
+    """Train (and evaluate), print the metrics table, return ``cfg.optimized_metric``'s value."""
     result = train(cfg)
     metrics = result.get("metrics")
     if metrics:
         print(format_metrics(metrics, title=f"{cfg.model.name} held-out metrics"))
     print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
-    return metrics.get("group_latent_r2") if metrics else None
+    return objective_value(cfg.get("optimized_metric"), result)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    # in a multirun a failing job is recorded and the sweep goes on (facrnn/sweeps.py)
+    return run_job_isolated(train_and_report, cfg)
 
 
 if __name__ == "__main__":

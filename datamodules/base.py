@@ -16,7 +16,92 @@ from facrnn.model import encoder_input
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("even_odd", "trials", "all")
+SPLITS = ("even_odd", "trials", "all", "blocks")
+
+
+def block_split(n_bins: int, n_blocks: int, val_fraction: float, test_fraction: float, gap: int = 0) -> dict[str, np.ndarray]:
+    """Contiguous train | val | test segments in each of ``n_blocks`` equal blocks of time.
+
+    For slow signals, interleaved bins (``even_odd``) leak between splits; here each block
+    of ``n_bins / n_blocks`` bins gives its first part to train, then ``val_fraction`` of it
+    to val and ``test_fraction`` to test. ``gap`` bins after every change of split (including
+    test -> the next block's train) belong to no split.
+
+    Returns
+    -------
+    dict of split name -> (n_bins,) bool mask.
+    """
+    if n_blocks < 1 or gap < 0:
+        raise ValueError(f"datamodule.n_blocks={n_blocks}, datamodule.split_gap={gap}: expected n_blocks >= 1, gap >= 0")
+    labels = np.full(n_bins, -1)
+    edges = np.linspace(0, n_bins, n_blocks + 1).round().astype(int)
+    for start, stop in zip(edges[:-1], edges[1:]):
+        length = stop - start
+        n_test, n_val = int(round(test_fraction * length)), int(round(val_fraction * length))
+        labels[start:stop] = 0
+        labels[stop - n_test - n_val : stop - n_test] = 1
+        labels[stop - n_test : stop] = 2
+    if gap:
+        changes = np.flatnonzero(np.diff(labels) != 0) + 1
+        keep = labels.copy()
+        for change in changes:
+            keep[change : change + gap] = -1
+        labels = keep
+    masks = {name: labels == code for code, name in enumerate(("train", "val", "test"))}
+    if any(not mask.any() for mask in masks.values()):
+        raise ValueError(
+            f"datamodule.split=blocks with {n_bins} bins, n_blocks={n_blocks}, val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}, split_gap={gap}: expected at least one bin in each split"
+        )
+    return masks
+
+
+def trial_split(
+    n_trials: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    strata: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Whole trials to ``train``/``val``/``test``, seeded; stratified by ``strata`` when given.
+
+    Within each stratum (all trials when ``strata`` is None) the trials are permuted and
+    ``round(fraction x stratum size)`` go to test, then to val, the rest to train, so every
+    label keeps its share in every split.
+
+    Parameters
+    ----------
+    n_trials : int
+    val_fraction, test_fraction : float
+    seed : int
+    strata : (trials,) array, optional
+        A label per trial (e.g. reach direction).
+
+    Returns
+    -------
+    dict of split name -> sorted trial indices.
+    """
+    if strata is None:
+        strata = np.zeros(n_trials, dtype=np.int64)
+    strata = np.asarray(strata)
+    if strata.shape != (n_trials,):
+        raise ValueError(f"trial strata have shape {strata.shape}; expected one label per trial ({n_trials},)")
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in np.unique(strata):
+        order = rng.permutation(np.flatnonzero(strata == label))
+        n_test = int(round(test_fraction * len(order)))
+        n_val = int(round(val_fraction * len(order)))
+        groups["test"].append(order[:n_test])
+        groups["val"].append(order[n_test : n_test + n_val])
+        groups["train"].append(order[n_test + n_val :])
+    result = {name: np.sort(np.concatenate(parts)) for name, parts in groups.items()}
+    if any(len(trials) == 0 for trials in result.values()):
+        raise ValueError(
+            f"datamodule.split=trials with {n_trials} trials, val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}: expected at least one trial in each split"
+        )
+    return result
 
 
 class BinDataset(Dataset):
@@ -32,18 +117,79 @@ class BinDataset(Dataset):
         return {key: value[indices] for key, value in self.tensors.items()}
 
 
-class BatchIndexSampler(Sampler):
-    """Yields index tensors of whole batches (shuffled with torch's global RNG when asked)."""
+def distributed_rank_and_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    def __init__(self, n_samples: int, batch_size: int, shuffle: bool) -> None:
+
+class BatchIndexSampler(Sampler):
+    """Yields index tensors of whole batches (shuffled with torch's global RNG when asked).
+
+    Under distributed training (``world_size > 1``) ``batch_size`` is the *global* batch:
+    every rank draws the same permutation (seeded with ``seed + epoch``, like
+    :class:`torch.utils.data.DistributedSampler` with :meth:`set_epoch`) and takes its
+    ``1 / world_size`` share of each global batch, so the ranks together see exactly the
+    batches one device would. A last batch that does not divide evenly loses its remainder
+    (fewer than ``world_size`` samples) so that every rank's share has the same size.
+
+    Parameters
+    ----------
+    n_samples, batch_size : int
+    shuffle : bool
+    seed : int, optional
+        Seed of the shared permutation under distributed training; defaults to
+        ``torch.initial_seed()`` (the run's ``seed`` after ``seed_everything``).
+    rank, world_size : int, optional
+        Default: read from ``torch.distributed`` when each epoch starts.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         self.n_samples, self.batch_size, self.shuffle = n_samples, batch_size, shuffle
+        self.seed = int(torch.initial_seed() if seed is None else seed) % 2**62
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch (reshuffles the shared permutation)."""
+        self.epoch = int(epoch)
+
+    def _rank_and_size(self) -> tuple[int, int]:
+        rank, world_size = distributed_rank_and_size()
+        return (rank if self.rank is None else self.rank), (world_size if self.world_size is None else self.world_size)
 
     def __len__(self) -> int:
         return -(-self.n_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = torch.randperm(self.n_samples) if self.shuffle else torch.arange(self.n_samples)
-        yield from order.split(self.batch_size)
+        rank, world_size = self._rank_and_size()
+        if world_size == 1:
+            order = torch.randperm(self.n_samples) if self.shuffle else torch.arange(self.n_samples)
+            yield from order.split(self.batch_size)
+            return
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"datamodule.batch_size={self.batch_size}: under distributed training it is the global "
+                f"batch; expected a multiple of the {world_size} processes"
+            )
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n_samples, generator=generator)
+        else:
+            order = torch.arange(self.n_samples)
+        for batch in order.split(self.batch_size):
+            share = len(batch) // world_size
+            if share:
+                yield batch[rank * share : (rank + 1) * share]
 
 
 class RecordingDataModule(pl.LightningDataModule):
@@ -53,11 +199,13 @@ class RecordingDataModule(pl.LightningDataModule):
     ----------
     batch_size : int
         Training minibatch size (also used for validation batches).
-    split : {"even_odd", "trials", "all"}
+    split : {"even_odd", "trials", "all", "blocks"}
         ``even_odd``: train on even time bins, validate and test on odd ones (single
         recordings, the paper's protocol). ``trials``: whole trials to train/val/test by
-        ``val_fraction``/``test_fraction`` (seeded by ``split_seed``). ``all``: every bin in
-        every split.
+        ``val_fraction``/``test_fraction`` (seeded by ``split_seed``; stratified by
+        :meth:`trial_strata` where a subclass gives labels). ``all``: every bin in every split.
+        ``blocks``: contiguous segments of time (:func:`block_split`, ``n_blocks`` blocks,
+        ``split_gap`` bins dropped between segments), for continuous recordings.
     history : int
         Encoder history lags ``L`` (``model.history``).
     """
@@ -70,6 +218,8 @@ class RecordingDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         split_seed: int = 0,
         history: int = 1,
+        n_blocks: int = 1,
+        split_gap: int = 0,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -80,8 +230,11 @@ class RecordingDataModule(pl.LightningDataModule):
         self.split = split
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.history = int(history)
+        self.n_blocks, self.split_gap = int(n_blocks), int(split_gap)
         self.recording: Recording | None = None
         self.splits: dict[str, BinDataset] = {}
+        # seed of the permutation all ranks share under distributed training (the run's seed)
+        self.shuffle_seed = torch.initial_seed()
 
     def load_recording(self) -> Recording:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -108,7 +261,7 @@ class RecordingDataModule(pl.LightningDataModule):
         n_trials = x.shape[0]
         per_bin["trial"] = torch.arange(n_trials).view(-1, 1).expand(n_trials, n_bins)
         per_bin["time"] = torch.arange(n_bins).view(1, -1).expand(n_trials, n_bins)
-        masks = self._split_masks(n_trials, n_bins)
+        masks = self._split_masks(n_trials, n_bins, self.trial_strata(recording))
         for name, mask in masks.items():
             flat_mask = torch.from_numpy(mask.reshape(-1))
             self.splits[name] = BinDataset(
@@ -127,7 +280,11 @@ class RecordingDataModule(pl.LightningDataModule):
             n_train, len(self.splits["val"]), len(self.splits["test"]),
         )
 
-    def _split_masks(self, n_trials: int, n_bins: int) -> dict[str, np.ndarray]:
+    def trial_strata(self, recording: Recording) -> np.ndarray | None:
+        """Labels ``(trials,)`` that ``split=trials`` stratifies by (e.g. reach direction); none here."""
+        return None
+
+    def _split_masks(self, n_trials: int, n_bins: int, strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
         shape = (n_trials, n_bins)
         if self.split == "all":
             everything = np.ones(shape, dtype=bool)
@@ -136,15 +293,10 @@ class RecordingDataModule(pl.LightningDataModule):
             even = np.zeros(shape, dtype=bool)
             even[:, 0::2] = True
             return {"train": even, "val": ~even, "test": ~even}
-        order = np.random.default_rng(self.split_seed).permutation(n_trials)
-        n_test = int(round(self.test_fraction * n_trials))
-        n_val = int(round(self.val_fraction * n_trials))
-        if n_trials - n_test - n_val < 1 or n_val < 1 or n_test < 1:
-            raise ValueError(
-                f"datamodule.split=trials with {n_trials} trials, val_fraction={self.val_fraction}, "
-                f"test_fraction={self.test_fraction}: expected at least one trial in each split"
-            )
-        groups = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+        if self.split == "blocks":
+            masks = block_split(n_bins, self.n_blocks, self.val_fraction, self.test_fraction, self.split_gap)
+            return {name: np.broadcast_to(mask, shape).copy() for name, mask in masks.items()}
+        groups = trial_split(n_trials, self.val_fraction, self.test_fraction, self.split_seed, strata)
         masks = {}
         for name, trials in groups.items():
             mask = np.zeros(shape, dtype=bool)
@@ -175,7 +327,7 @@ class RecordingDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ dataloaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle)
+        sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:

@@ -61,3 +61,23 @@ def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Te
         ``mean((1 - mask) * overlap^2)``.
     """
     return ((1.0 - block_mask) * overlap.pow(2)).mean()
+
+
+def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> torch.Tensor:
+    """Negative Poisson log-likelihood of counts, full constant (``model.likelihood=poisson``).
+
+    Parameters
+    ----------
+    x : (n, N) tensor
+        Counts (non-integer values use the continuous extension ``lgamma(x + 1)``).
+    rate : (n, N) tensor
+        Predicted rates (e.g. ``softplus(A z + a)``), clamped below at ``min_rate``.
+
+    Returns
+    -------
+    scalar tensor
+        ``mean_i sum_n [rate - x log rate + log x!]``.
+    """
+    rate = rate.clamp_min(min_rate)
+    per_neuron = rate - x * torch.log(rate) + torch.lgamma(x + 1.0)
+    return per_neuron.sum(-1).mean()

@@ -11,7 +11,8 @@ from torch import nn
 
 from facrnn.grouping import group_slices, padded_group_index
 
-LINKS = ("identity", "relu")
+LINKS = ("identity", "relu", "softplus")
+PROJECTIONS = ("linear", "mlp")
 
 
 def history_kernel(n_lags: int) -> torch.Tensor:
@@ -77,33 +78,76 @@ class LowRankRNN(nn.Module):
         ``[H_1, ..., H_G]``; ``K = sum H_g``.
     n_samples : int
         ``M`` in the posterior width ``h = M^(-1/(K+4))``.
-    link : {"identity", "relu"}
-        Decoder link ``f``.
+    link : {"identity", "relu", "softplus"}
+        Decoder link ``f`` (``softplus`` for Poisson rates).
+    encoder, decoder : {"linear", "mlp"}
+        ``linear``: the low-rank RNN's projections ``B`` and ``A``. ``mlp`` (the ``*_mlp``
+        baselines of DESIGN §2): encoder Linear(N, H)-ReLU-Linear(H, K), decoder
+        Linear(K, H)-ReLU-Linear(H, N)-ReLU; ``W = A B`` is then undefined.
+    hidden_dim : int
+        ``H``, hidden width of the MLP encoder/decoder.
     """
 
-    def __init__(self, n_neurons: int, group_sizes: Sequence[int], n_samples: int, link: str = "identity") -> None:
+    def __init__(
+        self,
+        n_neurons: int,
+        group_sizes: Sequence[int],
+        n_samples: int,
+        link: str = "identity",
+        encoder: str = "linear",
+        decoder: str = "linear",
+        hidden_dim: int = 32,
+    ) -> None:
         super().__init__()
         if link not in LINKS:
             raise ValueError(f"model.link={link!r}: expected one of {LINKS}")
+        for key, value in (("encoder", encoder), ("decoder", decoder)):
+            if value not in PROJECTIONS:
+                raise ValueError(f"model.{key}={value!r}: expected one of {PROJECTIONS}")
         self.group_sizes = [int(size) for size in group_sizes]
         self.latent_dim = sum(self.group_sizes)
         self.n_neurons = int(n_neurons)
         self.link = link
         self.width = posterior_width(n_samples, self.latent_dim)
-        self.encoder = nn.Linear(n_neurons, self.latent_dim)  # weight B (K, N), bias b
-        self.decoder = nn.Linear(self.latent_dim, n_neurons)  # weight A (N, K), bias a
+        self.encoder_kind, self.decoder_kind = encoder, decoder
+        if encoder == "linear":
+            self.encoder = nn.Linear(n_neurons, self.latent_dim)  # weight B (K, N), bias b
+        else:
+            self.encoder = nn.Sequential(
+                nn.Linear(n_neurons, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, self.latent_dim)
+            )
+        if decoder == "linear":
+            self.decoder = nn.Linear(self.latent_dim, n_neurons)  # weight A (N, K), bias a
+        else:
+            self.decoder = nn.Sequential(
+                nn.Linear(self.latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, n_neurons), nn.ReLU()
+            )
         self.log_noise_std = nn.Parameter(torch.full((n_neurons,), -1.0))
         self.register_buffer("group_index", padded_group_index(self.group_sizes), persistent=False)
 
     @property
+    def is_linear(self) -> bool:
+        """Whether encoder and decoder are the linear projections, so ``W = A B`` exists."""
+        return self.encoder_kind == "linear" and self.decoder_kind == "linear"
+
+    def _linear_weight(self, which: str) -> torch.Tensor:
+        layer = self.decoder if which == "A" else self.encoder
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"model.{'decoder' if which == 'A' else 'encoder'}=mlp: {which} (and W = A B) is only "
+                "defined for a linear projection; expected model.encoder=linear model.decoder=linear"
+            )
+        return layer.weight
+
+    @property
     def A(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
-        """Output projection ``(N, K)``."""
-        return self.decoder.weight
+        """Output projection ``(N, K)`` (linear decoder only)."""
+        return self._linear_weight("A")
 
     @property
     def B(self) -> torch.Tensor:  # noqa: N802
-        """Input projection ``(K, N)``."""
-        return self.encoder.weight
+        """Input projection ``(K, N)`` (linear encoder only)."""
+        return self._linear_weight("B")
 
     def encode(self, encoder_input: torch.Tensor) -> torch.Tensor:
         """Posterior means ``mu = B u + b``: ``(n, N) -> (n, K)``."""
@@ -119,6 +163,8 @@ class LowRankRNN(nn.Module):
         mean = self.decoder(latents)
         if self.link == "relu":
             mean = torch.relu(mean)
+        elif self.link == "softplus":  # Poisson rate (model.likelihood=poisson)
+            mean = torch.nn.functional.softplus(mean)
         if external_input is not None:
             mean = mean + external_input
         return mean
@@ -143,7 +189,8 @@ class LowRankRNN(nn.Module):
         return self.encode(torch.tanh(self.decode(latents, external_input)))
 
     def extra_repr(self) -> str:
-        return f"group_sizes={self.group_sizes}, width={self.width:.4f}, link={self.link}"
+        projections = "" if self.is_linear else f", encoder={self.encoder_kind}, decoder={self.decoder_kind}"
+        return f"group_sizes={self.group_sizes}, width={self.width:.4f}, link={self.link}{projections}"
 
 
 
@@ -151,6 +198,7 @@ class LowRankRNN(nn.Module):
 __all__ = [
     "LINKS",
     "LowRankRNN",
+    "PROJECTIONS",
     "encoder_input",
     "history_kernel",
     "posterior_width",

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.base import RecordingDataModule
 from facrnn.module import FacRNNModule
+from facrnn.resume import prepare_resume
 
 if TYPE_CHECKING:
     from facrnn.evaluation import Evaluation
@@ -30,10 +31,14 @@ QUIET_WARNINGS = (
     r".*smaller than the logging interval.*",
     r".*The anonymous setting has no effect.*",
     r".*isinstance\(treespec, LeafSpec\).*",
+    # FacRNNModule.transfer_batch_to_device skips batches already on the device (benchmarks/README.md)
+    r".*overridden `transfer_batch_to_device` in `LightningModule`.*",
 )
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+ROTATION_SWEEP_FILE = "rotation_sweep.csv"
+FIXED_POINTS_FILE = "fixed_points.json"
 
 
 def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
@@ -62,13 +67,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns
     -------
-    dict with ``run_dir``, ``wall_time_s`` and, after evaluation, ``metrics``.
+    dict with ``run_dir``, ``wall_time_s``, ``callback_metrics`` (the last logged value of
+    every training/validation metric) and, after evaluation, ``metrics``.
     """
     started = time.perf_counter()
     quiet_known_warnings()
     torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -81,11 +88,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log.info("training %s (group sizes %s) in %s", cfg.model.name, module.group_sizes, run_dir)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb(loggers)
     result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
-    if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run"):
+    result["callback_metrics"] = {
+        name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
+    }
+    # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
+    if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
         result["metrics"] = evaluate_run(run_dir, datamodule=datamodule).metrics
     result["wall_time_s"] = time.perf_counter() - started
     return result
@@ -133,8 +144,16 @@ def evaluate_run(
     seed: int = 0,
     figures: bool = True,
     datamodule: RecordingDataModule | None = None,
+    rollout_steps: int = 20,
+    dynamics: bool = True,
 ) -> Evaluation:
-    """Evaluate a finished training run; writes ``metrics.json`` and figures into it."""
+    """Evaluate a finished training run; writes ``metrics.json`` and figures into it.
+
+    ``rollout_steps`` and ``dynamics`` set the rollout measures of :mod:`facrnn.dynamics`
+    (k-step R² up to ``rollout_steps``, free generation, coupling, fixed points, the latter
+    also written to ``fixed_points.json``).
+    """
+    from facrnn.behaviour import write_rotation_sweep_csv
     from facrnn.evaluation import evaluate_model
 
     run_dir = Path(run_dir)
@@ -148,17 +167,34 @@ def evaluate_run(
         raise ValueError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
     checkpoint_path = find_checkpoint(run_dir, checkpoint)
     module = FacRNNModule.load(str(checkpoint_path))
-    evaluation = evaluate_model(module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed)
+    evaluation = evaluate_model(
+        module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
+        history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
+        likelihood=str(module.hparams.get("likelihood", "gaussian")),
+    )
     (run_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
     log.info("evaluated %s on the %s split: %s", checkpoint_path, split, run_dir / METRICS_FILE)
+    if evaluation.behaviour is not None and evaluation.behaviour.sweep is not None:
+        write_rotation_sweep_csv(evaluation.behaviour.sweep, run_dir / ROTATION_SWEEP_FILE)
+    if evaluation.dynamics is not None and evaluation.dynamics.fixed_points is not None:
+        fixed_points = [point.to_dict() for point in evaluation.dynamics.fixed_points]
+        (run_dir / FIXED_POINTS_FILE).write_text(json.dumps(fixed_points, indent=1) + "\n")
     if figures:
-        write_figures(run_dir, evaluation)
+        write_figures(run_dir, evaluation, module, datamodule)
     return evaluation
 
 
-def write_figures(run_dir: Path, evaluation: Evaluation) -> list[Path]:
-    """Latents, connectivity and training-curve PNGs of an evaluated run."""
+def write_figures(
+    run_dir: Path,
+    evaluation: Evaluation,
+    module: FacRNNModule | None = None,
+    datamodule: RecordingDataModule | None = None,
+) -> list[Path]:
+    """Latents, connectivity, behaviour (M1) and training-curve PNGs of an evaluated run;
+    with ``module`` and ``datamodule`` of an imaging recording with a mask, also the loading
+    maps, frames and movie of :mod:`facrnn.plots_imaging`."""
     from facrnn import plots
+    from facrnn.plots_behaviour import write_behaviour_figures
 
     figure_dir = run_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
@@ -174,16 +210,37 @@ def write_figures(run_dir: Path, evaluation: Evaluation) -> list[Path]:
             )
         )
     arrays = evaluation.arrays
-    written.append(
-        plots.plot_connectivity(
-            arrays["W"],
-            arrays["W_groups"],
-            figure_dir / "connectivity.png",
-            true_w=arrays.get("W_true"),
-            true_group_w=arrays.get("W_groups_true"),
-            matching=evaluation.group_matching,
+    if "W" in arrays:  # absent for MLP encoders/decoders
+        written.append(
+            plots.plot_connectivity(
+                arrays["W"],
+                arrays["W_groups"],
+                figure_dir / "connectivity.png",
+                true_w=arrays.get("W_true"),
+                true_group_w=arrays.get("W_groups_true"),
+                matching=evaluation.group_matching,
+            )
         )
-    )
+    if "W" in arrays and "W_true" not in arrays:  # real data: a large W reads best with units sorted by loading
+        written.append(plots.plot_sorted_connectivity(arrays["W"], arrays["W_groups"], figure_dir / "connectivity_sorted.png"))
+    if evaluation.behaviour is not None:
+        written += write_behaviour_figures(figure_dir, evaluation.behaviour)
+    if evaluation.dynamics is not None:
+        from facrnn.dynamics_plots import write_dynamics_figures
+
+        written += write_dynamics_figures(figure_dir, evaluation.dynamics, evaluation.eval_group_sizes)
+    recording = None if datamodule is None else datamodule.recording
+    if module is not None and recording is not None and "channel_map" in recording.extras:
+        from facrnn.plots_imaging import write_imaging_figures
+
+        written += write_imaging_figures(
+            module.model,
+            recording,
+            figure_dir,
+            getattr(datamodule, "figure_settings", {}),
+            history=int(module.hparams.get("history", 1)),
+            test_times=datamodule.split_tensors("test")["time"].numpy(),
+        )
     metrics_csv = run_dir / "csv" / "metrics.csv"
     if metrics_csv.is_file():
         written.append(plots.plot_training_curves(metrics_csv, figure_dir / "training_curves.png"))

@@ -344,6 +344,66 @@ def plot_connectivity(
     return _save(fig, path)
 
 
+def loading_order(matrix: np.ndarray) -> np.ndarray:
+    """Units of an ``(N, N)`` connectivity sorted by their loading on its leading component.
+
+    The loading is the first left singular vector (for a rank-1 ``W_g = a bᵀ`` that is ``a``
+    up to scale), its sign fixed so that its largest-magnitude entry is positive.
+
+    Returns
+    -------
+    (N,) int array of unit indices, lowest loading first.
+    """
+    matrix = _check_square(matrix, "matrix")
+    lead = np.linalg.svd(matrix)[0][:, 0]
+    if lead[np.argmax(np.abs(lead))] < 0:
+        lead = -lead
+    return np.argsort(lead, kind="stable")
+
+
+def plot_sorted_connectivity(
+    est_w: np.ndarray, est_group_w: np.ndarray, path: str | os.PathLike, percentile: float = 99.0
+) -> Path:
+    """``W`` and each ``W_g`` with units sorted by their loading, for large recorded networks.
+
+    Rows and columns of each panel are reordered by :func:`loading_order` of that panel's
+    matrix, which turns a low-rank ``W_g`` into a smooth, readable pattern even for 150+
+    units. Colour limits are symmetric at the ``percentile`` of the absolute entries, so a
+    few large weights do not wash out the rest.
+
+    Parameters
+    ----------
+    est_w : (N, N) array
+        Learned ``W = A B``.
+    est_group_w : (G, N, N) array
+        Learned ``W_g``.
+    path : str or os.PathLike
+        PNG to write.
+    percentile : float
+        Colour limit, in percent of ``|W|`` entries (100 = the maximum).
+    """
+    w = _check_square(est_w, "est_w")
+    groups = _check_stack(est_group_w, "est_group_w", w.shape[0])
+    if groups is None:
+        raise ValueError("est_group_w is None: expected a 3-D (G, N, N) array")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile={percentile}: expected a value in (0, 100]")
+    panels = [("W", w)] + [(f"W_{g + 1}", groups[g]) for g in range(groups.shape[0])]
+    n_cols = min(3, len(panels))
+    n_rows = math.ceil(len(panels) / n_cols)
+    fig = Figure(figsize=(4.6 * n_cols, 4.0 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for ax, (name, matrix) in zip(axes.flat, panels):
+        order = loading_order(matrix)
+        limit = float(np.percentile(np.abs(matrix), percentile))
+        _heat_map(fig, ax, matrix[np.ix_(order, order)], limit if limit > 0 else 1.0, f"{name} (units sorted by loading)")
+        ax.set_xlabel("presynaptic unit (sorted)")
+        ax.set_ylabel("postsynaptic unit (sorted)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------ training curves
 
 

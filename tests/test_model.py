@@ -173,7 +173,7 @@ def test_decode_adds_external_input(link: str) -> None:
 
 def test_bad_link_raises() -> None:
     with pytest.raises(ValueError, match="model.link"):
-        LowRankRNN(5, [2, 2], 100, link="softplus")
+        LowRankRNN(5, [2, 2], 100, link="sigmoid")  # (softplus is a valid link: Poisson rates)
 
 
 # -------------------------------------------------------------------------------- grouping

@@ -1,0 +1,398 @@
+"""Monkey motor cortex (M1) reaching data (DESIGN §4, docs/monkey_m1.md).
+
+Three input layouts, told apart by extension and content:
+
+- trial arrays (``.npz`` / ``.h5``): ``neural`` (trials, bins, units), ``vel`` (trials, bins, 2)
+  hand velocity, optional ``direction`` (trials,) — the bundled session is one;
+- NLB tensor files (``.h5``): ``train_spikes_heldin``, ``train_spikes_heldout`` (units are
+  concatenated), optional ``train_behavior``;
+- NWB (``.nwb``, DANDI / Neural Latents Benchmark MC_Maze layout, read with pynwb): ``units``
+  spike times binned at ``bin_size_ms``, trials aligned on ``align_event`` over
+  ``window_ms``, hand velocity from a behaviour ``TimeSeries``.
+
+Every layout then goes through :func:`preprocess` (drop silent units, scale) and yields a
+:class:`Recording` with velocity as ``behaviour`` and reach directions in
+``extras["direction"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.base import RecordingDataModule
+from datamodules.loading import read_arrays
+from datamodules.recording import Recording
+
+log = logging.getLogger(__name__)
+
+# The bundled session (ERDiff project, MIT licence): data/ at the repository root.
+BUNDLED_SESSION = Path(__file__).resolve().parents[1] / "data" / "m1_center_out.npz"
+SCALINGS = ("max", "zscore", "none")
+TRIAL_ARRAY_KEYS = ("neural", "vel", "direction")
+NLB_KEYS = ("train_spikes_heldin", "train_spikes_heldout", "train_behavior")
+
+
+@dataclass
+class ReachData:
+    """Raw reaching trials before preprocessing.
+
+    Attributes
+    ----------
+    neural : (trials, T, units) float array
+    velocity : (trials, T, D) float array, optional
+    direction : (trials,) int array, optional
+    """
+
+    neural: np.ndarray
+    velocity: np.ndarray | None = None
+    direction: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def reach_directions(velocity: np.ndarray, n_directions: int = 8) -> np.ndarray:
+    """Reach direction of each trial: the angle of its final hand position in ``n_directions`` sectors.
+
+    The final position is the sum of the velocity over the trial's bins; sector ``k`` is
+    centred on the angle ``2 pi k / n_directions`` (sector 0 points along +x).
+
+    Parameters
+    ----------
+    velocity : (trials, T, 2) array
+    n_directions : int
+
+    Returns
+    -------
+    (trials,) int64 array with values in ``0 .. n_directions - 1``.
+    """
+    velocity = np.asarray(velocity, dtype=np.float64)
+    if velocity.ndim != 3 or velocity.shape[-1] != 2:
+        raise ValueError(f"velocity has shape {velocity.shape}; expected (trials, time, 2)")
+    if n_directions < 1:
+        raise ValueError(f"datamodule.n_directions={n_directions}: expected a positive integer")
+    final = velocity.sum(axis=1)
+    angle = np.arctan2(final[:, 1], final[:, 0])
+    width = 2.0 * np.pi / n_directions
+    return (np.floor(np.mod(angle + width / 2.0, 2.0 * np.pi) / width).astype(np.int64)) % n_directions
+
+
+def preprocess(neural: np.ndarray, drop_silent_units: bool = True, scaling: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """The authors' preprocessing: drop zero-variance units, then scale.
+
+    Parameters
+    ----------
+    neural : (trials, T, units) array
+    drop_silent_units : bool
+        Drop units whose activity has zero variance over all bins of all trials.
+    scaling : {"max", "zscore", "none"}
+        ``max``: divide by the global maximum (the authors' choice; keeps rates
+        non-negative for the ReLU decoder). ``zscore``: per unit over all bins (pair it with
+        ``model.link=identity``). Statistics come from the whole session.
+
+    Returns
+    -------
+    x : (trials, T, kept units) float32 array
+    kept : (kept units,) int64 array
+        Indices of the kept units in ``neural``.
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
+    neural = np.asarray(neural, dtype=np.float64)
+    flat = neural.reshape(-1, neural.shape[-1])
+    variance = flat.var(axis=0)
+    kept = np.flatnonzero(variance > 0) if drop_silent_units else np.arange(neural.shape[-1])
+    if kept.size == 0:
+        raise ValueError(f"all {neural.shape[-1]} units have zero variance; expected some activity")
+    x = neural[..., kept]
+    if scaling == "max":
+        peak = np.abs(x).max()
+        if peak == 0:
+            raise ValueError("the neural data are all zero; cannot scale by the global maximum")
+        x = x / peak
+    elif scaling == "zscore":
+        std = x.reshape(-1, x.shape[-1]).std(axis=0)
+        if np.any(std == 0):
+            raise ValueError(
+                f"datamodule.scaling=zscore with {int(np.sum(std == 0))} zero-variance units: "
+                "expected datamodule.drop_silent_units=true"
+            )
+        x = (x - x.reshape(-1, x.shape[-1]).mean(axis=0)) / std
+    return x.astype(np.float32), kept.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- array files
+
+
+def _as_reach_data(arrays: dict, path: Path) -> ReachData:
+    """Trial arrays or NLB tensors, picked by the keys present."""
+    found = arrays["__keys__"]
+    if "neural" in arrays:
+        if "vel" not in arrays:
+            raise ValueError(f"{path}: 'neural' without 'vel'; expected hand velocity 'vel' (trials, bins, 2) too")
+        neural, velocity = arrays["neural"], arrays["vel"]
+        direction = arrays.get("direction")
+    elif "train_spikes_heldin" in arrays:
+        parts = [arrays["train_spikes_heldin"]] + ([arrays["train_spikes_heldout"]] if "train_spikes_heldout" in arrays else [])
+        if len({part.shape[:2] for part in parts}) != 1:
+            raise ValueError(
+                f"{path}: train_spikes_heldin {parts[0].shape} and train_spikes_heldout {parts[-1].shape}: "
+                "expected the same (trials, bins)"
+            )
+        neural = np.concatenate(parts, axis=-1)
+        velocity, direction = arrays.get("train_behavior"), None
+    else:
+        raise ValueError(
+            f"{path}: found keys {found}; expected trial arrays ('neural', 'vel', optional 'direction') "
+            "or NLB tensors ('train_spikes_heldin', 'train_spikes_heldout', 'train_behavior')"
+        )
+    if neural.ndim != 3:
+        raise ValueError(f"{path}: neural data have shape {neural.shape}; expected (trials, bins, units)")
+    if velocity is not None and (velocity.ndim != 3 or velocity.shape[:2] != neural.shape[:2]):
+        raise ValueError(
+            f"{path}: velocity has shape {velocity.shape}; expected (trials, bins, 2) matching the neural data {neural.shape[:2]}"
+        )
+    if direction is not None:
+        direction = np.asarray(direction).astype(np.int64).ravel()
+        if direction.shape != (neural.shape[0],):
+            raise ValueError(f"{path}: 'direction' has shape {direction.shape}; expected one label per trial ({neural.shape[0]},)")
+    return ReachData(neural=neural, velocity=velocity, direction=direction)
+
+
+# --------------------------------------------------------------------------- NWB
+
+
+def bin_spike_times(spike_times: Sequence[np.ndarray], edges: np.ndarray) -> np.ndarray:
+    """Spike counts per bin; a spike at time ``t`` counts in the bin ``[left, right)`` holding it.
+
+    Parameters
+    ----------
+    spike_times : sequence of (n_spikes_u,) arrays, one per unit, in seconds
+    edges : (trials, T + 1) array
+        Bin edges of each trial in seconds, increasing.
+
+    Returns
+    -------
+    (trials, T, units) float32 array of counts.
+    """
+    counts = np.empty((edges.shape[0], edges.shape[1] - 1, len(spike_times)), dtype=np.float32)
+    for unit, times in enumerate(spike_times):
+        position = np.searchsorted(np.sort(np.asarray(times, dtype=np.float64)), edges, side="left")
+        counts[..., unit] = np.diff(position, axis=1)
+    return counts
+
+
+def bin_time_series(timestamps: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean of a sampled signal in each bin ``[left, right)``; NaN where a sample in it is NaN.
+
+    Bins holding no sample take the linear interpolation at their centre.
+
+    Parameters
+    ----------
+    timestamps : (S,) increasing array, seconds
+    values : (S, D) array
+    edges : (trials, T + 1) array, seconds
+
+    Returns
+    -------
+    (trials, T, D) float64 array
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(timestamps), -1)
+    missing = np.isnan(values)
+    padded = np.concatenate([np.zeros((1, values.shape[1])), np.cumsum(np.where(missing, 0.0, values), axis=0)])
+    padded_missing = np.concatenate([np.zeros((1, values.shape[1])), np.cumsum(missing, axis=0)])
+    index = np.searchsorted(timestamps, edges, side="left")
+    start, stop = index[:, :-1], index[:, 1:]
+    count = (stop - start)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (padded[stop] - padded[start]) / count
+    means[(padded_missing[stop] - padded_missing[start]) > 0] = np.nan
+    empty = count[..., 0] == 0
+    if empty.any():
+        centres = 0.5 * (edges[:, :-1] + edges[:, 1:])[empty]
+        means[empty] = np.stack([np.interp(centres, timestamps, values[:, d]) for d in range(values.shape[1])], axis=-1)
+    return means
+
+
+def _find_time_series(nwb, name: str):
+    """A TimeSeries called ``name`` in any processing module or in acquisition."""
+    places = [(f"processing/{module}", nwb.processing[module].data_interfaces) for module in nwb.processing]
+    places.append(("acquisition", nwb.acquisition))
+    for _, interfaces in places:
+        if name in interfaces:
+            return interfaces[name]
+    available = [f"{where}/{key}" for where, interfaces in places for key in interfaces]
+    raise ValueError(f"no behaviour time series {name!r}; found {available}; set datamodule.behaviour_key")
+
+
+def load_nwb(
+    path: str | Path,
+    bin_size_ms: float = 20.0,
+    align_event: str = "move_onset_time",
+    window_ms: Sequence[float] = (-250.0, 450.0),
+    behaviour_key: str | None = "hand_vel",
+    behaviour_lag_ms: float = 0.0,
+    trial_splits: Sequence[str] | None = ("train", "val"),
+    include_heldout: bool = True,
+) -> ReachData:
+    """Trials of an NWB reaching session (DANDI / NLB MC_Maze layout), read with pynwb.
+
+    Spikes of every unit (``units.spike_times``) are counted in bins of ``bin_size_ms``;
+    trial ``i`` is the bins whose left edges are ``t_i + window_ms[0] + k bin_size_ms``
+    (``t_i`` the trial's ``align_event`` column, NLB convention), ``k = 0 ..
+    (window_ms[1] - window_ms[0]) / bin_size_ms - 1``. Behaviour (``behaviour_key``, e.g.
+    ``hand_vel``, as stored: mm/s in NLB files) is averaged in the same bins shifted by
+    ``behaviour_lag_ms``. Trials with a NaN align time, a ``split`` outside
+    ``trial_splits`` (when the trials table has that column) or NaN behaviour in the
+    window are left out.
+    """
+    from pynwb import NWBHDF5IO
+
+    bin_s = float(bin_size_ms) / 1000.0
+    start_ms, stop_ms = (float(value) for value in window_ms)
+    n_bins = (stop_ms - start_ms) / float(bin_size_ms)
+    if bin_size_ms <= 0 or n_bins < 1 or abs(n_bins - round(n_bins)) > 1e-6:
+        raise ValueError(
+            f"datamodule.window_ms={list(window_ms)}, bin_size_ms={bin_size_ms}: expected a window that is a "
+            "positive whole number of bins"
+        )
+    n_bins = int(round(n_bins))
+    with NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        if nwb.units is None or nwb.trials is None:
+            raise ValueError(f"{path}: expected a 'units' table and an 'intervals/trials' table")
+        trials, units = nwb.trials, nwb.units
+        if align_event not in trials.colnames:
+            raise ValueError(f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}")
+        align = np.asarray(trials[align_event].data[:], dtype=np.float64)
+        keep = np.isfinite(align)
+        if trial_splits is not None and "split" in trials.colnames:
+            split = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in trials["split"].data[:]])
+            keep &= np.isin(split, list(trial_splits))
+        index = units["spike_times"]
+        flat, ends = np.asarray(index.target.data[:], dtype=np.float64), np.asarray(index.data[:], dtype=np.int64)
+        if len(ends) == 0:
+            raise ValueError(f"{path}: the units table is empty; expected spike times of at least one unit")
+        spike_times = np.split(flat, ends[:-1])
+        if not include_heldout and "heldout" in units.colnames:
+            heldout = np.asarray(units["heldout"].data[:], dtype=bool)
+            spike_times = [times for times, out in zip(spike_times, heldout) if not out]
+        series = _find_time_series(nwb, behaviour_key) if behaviour_key else None
+        if series is not None:
+            values = np.asarray(series.data[:], dtype=np.float64)
+            if series.timestamps is not None:
+                stamps = np.asarray(series.timestamps[:], dtype=np.float64)
+            else:
+                stamps = float(series.starting_time or 0.0) + np.arange(len(values)) / float(series.rate)
+    left = align[:, None] + (start_ms / 1000.0) + bin_s * np.arange(n_bins + 1)[None, :]
+    velocity = None
+    if series is not None:
+        shifted = left + float(behaviour_lag_ms) / 1000.0
+        velocity = bin_time_series(stamps, values, shifted)
+        inside = (shifted[:, 0] >= stamps[0]) & (shifted[:, -1] <= stamps[-1] + bin_s)
+        keep &= inside & np.isfinite(velocity).all(axis=(1, 2))
+    if not keep.any():
+        raise ValueError(f"{path}: no trial left after removing NaN {align_event}, other splits and missing behaviour")
+    log.info("%s: %d of %d trials kept, %d units, %d bins of %g ms", path, keep.sum(), len(keep), len(spike_times), n_bins, bin_size_ms)
+    neural = bin_spike_times(spike_times, left[keep])
+    return ReachData(neural=neural, velocity=None if velocity is None else velocity[keep])
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_m1_recording(
+    path: str | Path | None = None,
+    drop_silent_units: bool = True,
+    scaling: str = "max",
+    n_directions: int = 8,
+    **nwb_options,
+) -> Recording:
+    """Read and preprocess an M1 reaching session into a :class:`Recording`.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        ``.npz`` / ``.h5`` trial arrays or NLB tensors, or ``.nwb``; None = the bundled session.
+    drop_silent_units, scaling
+        See :func:`preprocess`.
+    n_directions : int
+        Sectors of :func:`reach_directions` when the file gives no ``direction``.
+    **nwb_options
+        Passed to :func:`load_nwb` for ``.nwb`` files.
+    """
+    path = Path(path) if path else BUNDLED_SESSION
+    if path.suffix.lower() == ".nwb":
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: file not found; expected an existing .nwb file")
+        data = load_nwb(path, **nwb_options)
+    else:
+        data = _as_reach_data(read_arrays(path, TRIAL_ARRAY_KEYS + NLB_KEYS), path)
+    x, kept = preprocess(data.neural, drop_silent_units, scaling)
+    extras = {"units_kept": kept}
+    direction = data.direction
+    if direction is None and data.velocity is not None and data.velocity.shape[-1] == 2:
+        direction = reach_directions(data.velocity, n_directions)
+    if direction is not None:
+        extras["direction"] = direction
+    log.info("%s: %d trials x %d bins, %d of %d units kept, scaling %s", path, *x.shape[:2], x.shape[2], data.neural.shape[2], scaling)
+    return Recording(x=x, behaviour=data.velocity, source=str(path), extras=extras)
+
+
+class MonkeyM1DataModule(RecordingDataModule):
+    """M1 reaching trials (see :func:`load_m1_recording`); ``split=trials`` is stratified by direction.
+
+    Parameters
+    ----------
+    path : str, optional
+        Data file; None (default) = the bundled session ``data/m1_center_out.npz``.
+    drop_silent_units, scaling, n_directions
+        Preprocessing, see :func:`load_m1_recording`.
+    bin_size_ms, align_event, window_ms, behaviour_key, behaviour_lag_ms, trial_splits, include_heldout
+        NWB only, see :func:`load_nwb`.
+    **kwargs
+        :class:`RecordingDataModule` settings (``batch_size``, ``split`` — default ``all``, the
+        authors' protocol — ...).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        drop_silent_units: bool = True,
+        scaling: str = "max",
+        n_directions: int = 8,
+        bin_size_ms: float = 20.0,
+        align_event: str = "move_onset_time",
+        window_ms: Sequence[float] = (-250.0, 450.0),
+        behaviour_key: str | None = "hand_vel",
+        behaviour_lag_ms: float = 0.0,
+        trial_splits: Sequence[str] | None = ("train", "val"),
+        include_heldout: bool = True,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("split", "all")
+        super().__init__(**kwargs)
+        if scaling not in SCALINGS:
+            raise ValueError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
+        self.path = path
+        self.options = {"drop_silent_units": drop_silent_units, "scaling": scaling, "n_directions": n_directions}
+        self.nwb_options = {
+            "bin_size_ms": bin_size_ms,
+            "align_event": align_event,
+            "window_ms": tuple(window_ms),
+            "behaviour_key": behaviour_key,
+            "behaviour_lag_ms": behaviour_lag_ms,
+            "trial_splits": None if trial_splits is None else tuple(trial_splits),
+            "include_heldout": include_heldout,
+        }
+
+    def load_recording(self) -> Recording:
+        return load_m1_recording(self.path, **self.options, **self.nwb_options)
+
+    def trial_strata(self, recording: Recording) -> np.ndarray | None:
+        return recording.extras.get("direction")
