@@ -36,13 +36,14 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_multirun_over_models_and_seeds(tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "sweep"
+    # no hydra.sweep.dir: the default sweep directory must resolve before any job runs
     result = run_script(
         "train.py",
-        ["-m", *TINY_DATA, "experiment=synthetic_paper", "model=lrrnn,facrnn", "seed=0,1", "debug=fdr", f"hydra.sweep.dir={sweep_dir}"],
+        ["-m", *TINY_DATA, "experiment=synthetic_paper", "model=lrrnn,facrnn", "seed=0,1", "debug=fdr"],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     configs = sorted(sweep_dir.glob("*/config.yaml"))
     assert len(configs) == 4
     names = sorted(line for path in configs for line in path.read_text().splitlines() if line.startswith("  name: ") and "seed" not in line)
