@@ -489,6 +489,7 @@ def make_figures(
 ) -> dict[str, Path]:
     """All comparison figures into ``out_dir``; returns ``caption -> path``."""
     from facrnn import compare_plots
+    from facrnn.dynamics_plots import plot_rollout_curves, rollout_curves_from_rows
     from facrnn.evaluation import evaluate_model
     from facrnn.metrics import r2_score
 
@@ -507,6 +508,10 @@ def make_figures(
                                 and isinstance(row[metric], (int, float))] for method in methods} for metric in metrics}
     figures["Per-seed metrics by method"] = compare_plots.plot_metric_boxes(
         values, methods, out_dir / "metrics_boxplots.png", reference, p_values)
+
+    curves = rollout_curves_from_rows(subset)
+    if curves:
+        figures["Rollout R² vs k"] = plot_rollout_curves(curves, out_dir / "rollout_r2.png")
 
     chosen = [v for v in variants if v.dataset == dataset]
     with_perm = {}

@@ -41,7 +41,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_compare_produces_every_output(fake_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, page = tmp_path / "comparison", tmp_path / "docs" / "results.md"
-    args = [str(fake_sweep), "--out", str(out), "--markdown", str(page), "--no-dynamics", "--n-mc", "2"]
+    args = [str(fake_sweep), "--out", str(out), "--markdown", str(page), "--rollout-steps", "3", "--n-mc", "2"]
     assert compare.main(args) == 0
 
     rows = read_rows(out / "results.csv")
@@ -68,7 +68,7 @@ def test_compare_produces_every_output(fake_sweep: Path, tmp_path: Path, capsys:
     summary = (out / "summary.md").read_text()
     assert "Paired t-tests" in summary and "| partial_corr |" in summary and "± " in summary
     assert "python -m facrnn.compare" in summary
-    for name in ("metrics_boxplots", "latent_overlays", "connectivity_grid", "permutation_boxplots"):
+    for name in ("metrics_boxplots", "rollout_r2", "latent_overlays", "connectivity_grid", "permutation_boxplots"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert (page.parent / "results" / f"{name}.png").is_file()
         assert f"(results/{name}.png)" in page.read_text()
