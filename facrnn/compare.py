@@ -648,8 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               {caption: f"figures/{path.name}" for caption, path in figures.items()},
                               commands, options.title)
     (out_dir / SUMMARY_FILE).write_text(summary)
-    print(summary)
-    print(f"written: {results}, {out_dir / SUMMARY_FILE}, {len(figures)} figures in {out_dir / 'figures'}")
+    sys.stdout.write(summary + "\n")
+    sys.stdout.write(f"written: {results}, {out_dir / SUMMARY_FILE}, {len(figures)} figures in {out_dir / 'figures'}\n")
     if options.markdown is not None:
         page = options.markdown
         figure_dir = page.parent / page.stem
@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         page.write_text(render_markdown(rows, options.reference, options.baseline,
                                         {caption: f"{page.stem}/{path.name}" for caption, path in figures.items()},
                                         commands, options.title))
-        print(f"written: {page} and {figure_dir}/")
+        sys.stdout.write(f"written: {page} and {figure_dir}/\n")
     return 0
 
 
