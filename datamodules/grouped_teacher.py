@@ -21,7 +21,7 @@ import logging
 import numpy as np
 
 from datamodules.base import RecordingDataModule
-from datamodules.recording import Recording
+from datamodules.recording import Recording, simulated_recording
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,5 @@ class GroupedTeacherDataModule(RecordingDataModule):
 
     def load_recording(self) -> Recording:
         arrays = generate_grouped_teacher(**self.settings)
-        return Recording(
-            x=arrays["x"][None],
-            latents=arrays["latents"][None],
-            A=arrays["A"],
-            B=arrays["B"],
-            group_sizes=[int(size) for size in arrays["group_sizes"]],
-            single_sequence=True,
-            source=f"grouped teacher ({self.settings['likelihood']}, seed={self.settings['seed']})",
-            extras={"rates": arrays["rates"][None]},
-        )
+        source = f"grouped teacher ({self.settings['likelihood']}, seed={self.settings['seed']})"
+        return simulated_recording(arrays, source, rates=arrays["rates"])

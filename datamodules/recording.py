@@ -107,3 +107,27 @@ class Recording:
     def connectivity(self) -> np.ndarray | None:
         """Ground-truth ``W* = A* B*`` ``(N, N)``, if known."""
         return None if self.A is None else self.A @ self.B
+
+
+def simulated_recording(arrays: dict[str, np.ndarray], source: str, **extras: np.ndarray) -> Recording:
+    """One long simulated recording with full ground truth.
+
+    Parameters
+    ----------
+    arrays : dict
+        ``x`` (T, N), ``latents`` (T, K), ``A`` (N, K), ``B`` (K, N), ``group_sizes`` (G,).
+    source : str
+        Description for messages.
+    extras : arrays (T, ...)
+        Further per-bin arrays kept in ``Recording.extras`` with a leading trial axis.
+    """
+    return Recording(
+        x=arrays["x"][None],
+        latents=arrays["latents"][None],
+        A=arrays["A"],
+        B=arrays["B"],
+        group_sizes=[int(size) for size in arrays["group_sizes"]],
+        single_sequence=True,
+        source=source,
+        extras={key: value[None] for key, value in extras.items()},
+    )

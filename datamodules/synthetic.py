@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from datamodules.base import RecordingDataModule
-from datamodules.recording import Recording
+from datamodules.recording import Recording, simulated_recording
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +186,4 @@ class SyntheticDataModule(RecordingDataModule):
 
     def load_recording(self) -> Recording:
         arrays = cached(self.cache_dir, "synthetic_paper", self.settings, lambda: generate_paper_benchmark(**self.settings))
-        return Recording(
-            x=arrays["x"][None],
-            latents=arrays["latents"][None],
-            A=arrays["A"],
-            B=arrays["B"],
-            group_sizes=[int(size) for size in arrays["group_sizes"]],
-            single_sequence=True,
-            source=f"synthetic benchmark (data_seed={self.settings['data_seed']})",
-        )
+        return simulated_recording(arrays, f"synthetic benchmark (data_seed={self.settings['data_seed']})")

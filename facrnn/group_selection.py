@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -188,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "group_selection.md").write_text(table)
     (out / "group_selection.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot_selection(summary, out / "group_selection.png")
-    print(table)
-    print(f"written: {out}")
+    sys.stdout.write(f"{table}\nwritten: {out}\n")
     return 0
 
 
