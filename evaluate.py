@@ -7,12 +7,22 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from facrnn.cli_errors import exit_on_error
+from facrnn.config_checks import check_evaluate_config
 from facrnn.pipeline import evaluate_run
 from facrnn.report import format_metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    # the project's own errors end the run as `error: <message>`, exit status 1
+    with exit_on_error():
+        evaluate(cfg)
+
+
+def evaluate(cfg: DictConfig) -> None:
+    """Score a run (or its post-hoc variant) and print the metrics table."""
+    check_evaluate_config(cfg)
     torch.set_num_threads(int(cfg.threads))
     if cfg.get("posthoc"):
         from facrnn.posthoc import POSTHOC_DIR, evaluate_posthoc

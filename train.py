@@ -6,6 +6,7 @@ See README.md, docs/scale.md and ``conf/train.yaml``.
 import hydra
 from omegaconf import DictConfig
 
+from facrnn.cli_errors import exit_on_error
 from facrnn.pipeline import train
 from facrnn.report import format_metrics
 from facrnn.sweeps import objective_value, run_job_isolated
@@ -23,8 +24,10 @@ def train_and_report(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    # in a multirun a failing job is recorded and the sweep goes on (facrnn/sweeps.py)
-    return run_job_isolated(train_and_report, cfg)
+    # in a multirun a failing job is recorded and the sweep goes on (facrnn/sweeps.py);
+    # otherwise the project's own errors end the run as `error: <message>`, exit status 1
+    with exit_on_error():
+        return run_job_isolated(train_and_report, cfg)
 
 
 if __name__ == "__main__":

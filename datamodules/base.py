@@ -11,7 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.recording import Recording
+from datamodules.recording import Recording, drop_constant_channels
+from datamodules.validation import check_nan_policy, warn_if_axes_swapped
+from facrnn.errors import ConfigError, DataError
+from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
 from facrnn.model import encoder_input
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,7 @@ def block_split(n_bins: int, n_blocks: int, val_fraction: float, test_fraction: 
         labels = keep
     masks = {name: labels == code for code, name in enumerate(("train", "val", "test"))}
     if any(not mask.any() for mask in masks.values()):
-        raise ValueError(
+        raise DataError(
             f"datamodule.split=blocks with {n_bins} bins, n_blocks={n_blocks}, val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}, split_gap={gap}: expected at least one bin in each split"
         )
@@ -85,7 +88,7 @@ def trial_split(
         strata = np.zeros(n_trials, dtype=np.int64)
     strata = np.asarray(strata)
     if strata.shape != (n_trials,):
-        raise ValueError(f"trial strata have shape {strata.shape}; expected one label per trial ({n_trials},)")
+        raise DataError(f"trial strata have shape {strata.shape}; expected one label per trial ({n_trials},)")
     rng = np.random.default_rng(seed)
     groups: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for label in np.unique(strata):
@@ -97,7 +100,7 @@ def trial_split(
         groups["train"].append(order[n_test + n_val :])
     result = {name: np.sort(np.concatenate(parts)) for name, parts in groups.items()}
     if any(len(trials) == 0 for trials in result.values()):
-        raise ValueError(
+        raise DataError(
             f"datamodule.split=trials with {n_trials} trials, val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}: expected at least one trial in each split"
         )
@@ -113,7 +116,11 @@ class BinDataset(Dataset):
     def __len__(self) -> int:
         return int(self.tensors["x"].shape[0])
 
-    def __getitem__(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __getitem__(self, indices: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        # a list of index tensors (GroupedBatchSampler) gives a list of batches; (C, batch)
+        # indices (CopyIndexSampler) give (C, batch, ...) tensors
+        if isinstance(indices, list):
+            return [self[batch] for batch in indices]
         return {key: value[indices] for key, value in self.tensors.items()}
 
 
@@ -208,7 +215,18 @@ class RecordingDataModule(pl.LightningDataModule):
         ``split_gap`` bins dropped between segments), for continuous recordings.
     history : int
         Encoder history lags ``L`` (``model.history``).
+    nan_policy : {"error", "drop", "interpolate"}
+        NaN/Inf in file data: ``error`` (default) stops with the count and the first
+        position; ``drop`` removes the affected bins of one long recording (the trials of
+        trial data); ``interpolate`` fills them linearly along time per channel. Both
+        repairs log how many values they touched (:func:`datamodules.validation.apply_nan_policy`).
+
+    Zero-variance channels are dropped in :meth:`setup` with a logged count (a
+    :class:`~facrnn.errors.DataError` if every channel is constant) unless a subclass sets
+    ``drop_constant_channels`` to False.
     """
+
+    drop_constant_channels: bool = True
 
     def __init__(
         self,
@@ -220,12 +238,14 @@ class RecordingDataModule(pl.LightningDataModule):
         history: int = 1,
         n_blocks: int = 1,
         split_gap: int = 0,
+        nan_policy: str = "error",
     ) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"datamodule.split={split!r}: expected one of {SPLITS}")
         if batch_size < 1:
-            raise ValueError(f"datamodule.batch_size={batch_size}: expected a positive integer")
+            raise ConfigError(f"datamodule.batch_size={batch_size}: expected a positive integer")
+        self.nan_policy = check_nan_policy(nan_policy)
         self.batch_size = int(batch_size)
         self.split = split
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -235,6 +255,8 @@ class RecordingDataModule(pl.LightningDataModule):
         self.splits: dict[str, BinDataset] = {}
         # seed of the permutation all ranks share under distributed training (the run's seed)
         self.shuffle_seed = torch.initial_seed()
+        self.batches_per_call = 1  # one batch per training_step unless configure_training says otherwise
+        self.copy_seeds: list[int] | None = None
 
     def load_recording(self) -> Recording:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -244,10 +266,15 @@ class RecordingDataModule(pl.LightningDataModule):
         if self.splits:
             return
         recording = self.load_recording()
+        if recording.single_sequence:
+            warn_if_axes_swapped(recording.x.shape, "x", recording.source)
+        if self.drop_constant_channels:
+            recording = drop_constant_channels(recording)
         n_bins = recording.x.shape[1]
         if self.history >= n_bins and not recording.single_sequence:
-            raise ValueError(
-                f"model.history={self.history}: expected fewer lags than the {n_bins} bins of a trial"
+            raise ConfigError(
+                f"model.history={self.history}: trials of {recording.source} have {n_bins} bins; "
+                f"expected fewer lags than the {n_bins} bins of a trial"
             )
         x = torch.from_numpy(recording.x)
         missing_past = "zero" if recording.single_sequence else "first"
@@ -270,9 +297,11 @@ class RecordingDataModule(pl.LightningDataModule):
         self.recording = recording
         n_train = len(self.splits["train"])
         if n_train < self.batch_size:
-            raise ValueError(
+            self.splits, self.recording = {}, None
+            raise DataError(
                 f"datamodule.batch_size={self.batch_size}: the training split of {recording.source} has only "
-                f"{n_train} samples; expected at least one full batch"
+                f"{n_train} samples (n_train={n_train}); expected datamodule.batch_size <= {n_train}, "
+                "at least one full batch per epoch"
             )
         log.info(
             "%s: %d trials x %d bins x %d channels; train/val/test samples %d/%d/%d",
@@ -327,8 +356,33 @@ class RecordingDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ dataloaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed)
+        if len(dataset) == 0:
+            raise DataError(
+                f"datamodule.split={self.split}: the {split} split of {self._require_setup().source} is empty; "
+                "expected at least one sample"
+            )
+        sampler: Sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed)
+        if split == "train":
+            if self.copy_seeds:
+                sampler = CopyIndexSampler(len(dataset), self.batch_size, self.copy_seeds)
+            if self.batches_per_call != 1:
+                sampler = GroupedBatchSampler(sampler, self.batches_per_call)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def configure_training(self, batches_per_call: int = 0, copy_seeds: list[int] | None = None) -> None:
+        """How :meth:`train_dataloader` hands batches to the model (set by the pipeline).
+
+        Parameters
+        ----------
+        batches_per_call : int
+            Batches per ``training_step`` (``0``: a whole epoch; ``batches_per_call`` in
+            ``conf/train.yaml``).
+        copy_seeds : list of int, optional
+            One shuffling seed per model copy (``model.replicas`` x ``model.restarts``);
+            batches are then ``(C, batch)`` index tensors (:class:`CopyIndexSampler`).
+        """
+        self.batches_per_call = int(batches_per_call)
+        self.copy_seeds = list(copy_seeds) if copy_seeds else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -7,11 +7,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from datamodules.validation import check_data_file, numeric_array, reading
+from facrnn.errors import DataError
+
 ARRAY_SUFFIXES = (".npz", ".h5", ".hdf5")
 
 
 def read_arrays(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Read the named datasets that exist in an ``.npz`` or HDF5 file.
+
+    Every dataset read must hold real numbers (bool, int or float); pickled objects are
+    never loaded (``.pkl`` files are refused with a pointer to ``python -m datamodules.convert``).
 
     Returns
     -------
@@ -20,18 +26,17 @@ def read_arrays(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        With the file name and what was expected.
+    DataFileNotFoundError
+        The file does not exist.
+    DataError
+        Unsupported extension, unreadable, truncated or corrupted file, a key that is an
+        HDF5 group rather than a dataset, or a non-numeric dataset; the message starts with
+        the file name and ends with what was expected.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found; expected an existing .npz or .h5 file")
+    path = check_data_file(path, ARRAY_SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix == ".pkl" or suffix == ".pickle":
-        raise ValueError(f"{path}: pickle files are never loaded (they can run code); expected .npz or .h5")
-    if suffix not in ARRAY_SUFFIXES:
-        raise ValueError(f"{path}: unsupported extension {suffix!r}; expected one of {ARRAY_SUFFIXES}")
-    try:
+    kind = ".npz" if suffix == ".npz" else "HDF5"
+    with reading(path, kind):
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as stored:
                 found = list(stored.files)
@@ -39,8 +44,15 @@ def read_arrays(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray
         else:
             with h5py.File(path, "r") as stored:
                 found = list(stored.keys())
-                arrays = {key: np.asarray(stored[key][()]) for key in keys if key in stored}
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path}: cannot be read as {suffix} ({error}); expected a valid {suffix} file") from None
+                arrays = {}
+                for key in keys:
+                    if key not in stored:
+                        continue
+                    item = stored[key]
+                    if not isinstance(item, h5py.Dataset):
+                        raise DataError(f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not a dataset; expected an array")
+                    arrays[key] = np.asarray(item[()])
+    for key, value in arrays.items():
+        arrays[key] = numeric_array(value, key, str(path))
     arrays["__keys__"] = found
     return arrays

@@ -27,6 +27,17 @@ import numpy as np
 from datamodules.base import RecordingDataModule
 from datamodules.loading import read_arrays
 from datamodules.recording import Recording
+from datamodules.validation import (
+    apply_nan_policy,
+    check_data_file,
+    check_ndim,
+    check_not_empty,
+    check_trial_length,
+    integer_labels,
+    numeric_array,
+    reading,
+)
+from facrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,8 @@ BUNDLED_SESSION = Path(__file__).resolve().parents[1] / "data" / "m1_center_out.
 SCALINGS = ("max", "zscore", "none")
 TRIAL_ARRAY_KEYS = ("neural", "vel", "direction")
 NLB_KEYS = ("train_spikes_heldin", "train_spikes_heldout", "train_behavior")
+NWB_SUFFIXES = (".nwb",)
+TRIAL_LAYOUT = "(trials, bins, units)"
 
 
 @dataclass
@@ -82,7 +95,9 @@ def reach_directions(velocity: np.ndarray, n_directions: int = 8) -> np.ndarray:
     return (np.floor(np.mod(angle + width / 2.0, 2.0 * np.pi) / width).astype(np.int64)) % n_directions
 
 
-def preprocess(neural: np.ndarray, drop_silent_units: bool = True, scaling: str = "max") -> tuple[np.ndarray, np.ndarray]:
+def preprocess(
+    neural: np.ndarray, drop_silent_units: bool = True, scaling: str = "max", where: str = "neural data"
+) -> tuple[np.ndarray, np.ndarray]:
     """The authors' preprocessing: drop zero-variance units, then scale.
 
     Parameters
@@ -94,6 +109,8 @@ def preprocess(neural: np.ndarray, drop_silent_units: bool = True, scaling: str 
         ``max``: divide by the global maximum (the authors' choice; keeps rates
         non-negative for the ReLU decoder). ``zscore``: per unit over all bins (pair it with
         ``model.link=identity``). Statistics come from the whole session.
+    where : str
+        The file, for messages.
 
     Returns
     -------
@@ -102,65 +119,78 @@ def preprocess(neural: np.ndarray, drop_silent_units: bool = True, scaling: str 
         Indices of the kept units in ``neural``.
     """
     if scaling not in SCALINGS:
-        raise ValueError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
-    neural = np.asarray(neural, dtype=np.float64)
+        raise ConfigError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
+    neural = np.asarray(numeric_array(neural, "neural", where), dtype=np.float64)
+    check_ndim(neural, "neural", where, (3,), TRIAL_LAYOUT)
+    check_not_empty(neural, "neural", where, TRIAL_LAYOUT)
     flat = neural.reshape(-1, neural.shape[-1])
-    variance = flat.var(axis=0)
-    kept = np.flatnonzero(variance > 0) if drop_silent_units else np.arange(neural.shape[-1])
+    silent = np.all(flat == flat[:1], axis=0)  # zero variance, exactly (var() may round to a tiny positive number)
+    kept = np.flatnonzero(~silent) if drop_silent_units else np.arange(neural.shape[-1])
     if kept.size == 0:
-        raise ValueError(f"all {neural.shape[-1]} units have zero variance; expected some activity")
+        raise DataError(
+            f"{where}: all {neural.shape[-1]} units have zero variance; expected at least one unit whose activity varies"
+        )
+    if drop_silent_units and silent.any():
+        log.info("%s: dropped %d of %d silent (zero-variance) units", where, int(silent.sum()), silent.size)
     x = neural[..., kept]
     if scaling == "max":
         peak = np.abs(x).max()
         if peak == 0:
-            raise ValueError("the neural data are all zero; cannot scale by the global maximum")
+            raise DataError(f"{where}: the neural data are all zero; expected some activity to scale by its maximum")
         x = x / peak
     elif scaling == "zscore":
         std = x.reshape(-1, x.shape[-1]).std(axis=0)
         if np.any(std == 0):
-            raise ValueError(
+            raise ConfigError(
                 f"datamodule.scaling=zscore with {int(np.sum(std == 0))} zero-variance units: "
                 "expected datamodule.drop_silent_units=true"
             )
         x = (x - x.reshape(-1, x.shape[-1]).mean(axis=0)) / std
-    return x.astype(np.float32), kept.astype(np.int64)
+    with np.errstate(over="ignore"):  # beyond the float32 range: Inf, reported by Recording.validate
+        return x.astype(np.float32), kept.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- array files
 
 
+def _trial_array(arrays: dict, key: str, where: str) -> np.ndarray:
+    """``arrays[key]`` checked to be a non-empty ``(trials, bins, channels)`` array."""
+    value = check_ndim(arrays[key], key, where, (3,), "(trials, bins, channels)")
+    return check_not_empty(value, key, where, "(trials, bins, channels)")
+
+
 def _as_reach_data(arrays: dict, path: Path) -> ReachData:
     """Trial arrays or NLB tensors, picked by the keys present."""
-    found = arrays["__keys__"]
+    found, where = arrays["__keys__"], str(path)
     if "neural" in arrays:
         if "vel" not in arrays:
-            raise ValueError(f"{path}: 'neural' without 'vel'; expected hand velocity 'vel' (trials, bins, 2) too")
-        neural, velocity = arrays["neural"], arrays["vel"]
+            raise DataError(
+                f"{where}: 'neural' without 'vel'; found keys {found}, expected hand velocity 'vel' (trials, bins, 2) too"
+            )
+        neural, velocity = _trial_array(arrays, "neural", where), _trial_array(arrays, "vel", where)
         direction = arrays.get("direction")
     elif "train_spikes_heldin" in arrays:
-        parts = [arrays["train_spikes_heldin"]] + ([arrays["train_spikes_heldout"]] if "train_spikes_heldout" in arrays else [])
+        parts = [_trial_array(arrays, key, where) for key in ("train_spikes_heldin", "train_spikes_heldout") if key in arrays]
         if len({part.shape[:2] for part in parts}) != 1:
-            raise ValueError(
-                f"{path}: train_spikes_heldin {parts[0].shape} and train_spikes_heldout {parts[-1].shape}: "
-                "expected the same (trials, bins)"
+            raise DataError(
+                f"{where}: 'train_spikes_heldout' has shape {parts[-1].shape} but 'train_spikes_heldin' has shape "
+                f"{parts[0].shape}; expected the same (trials, bins) in both"
             )
         neural = np.concatenate(parts, axis=-1)
-        velocity, direction = arrays.get("train_behavior"), None
+        velocity = _trial_array(arrays, "train_behavior", where) if "train_behavior" in arrays else None
+        direction = None
     else:
-        raise ValueError(
-            f"{path}: found keys {found}; expected trial arrays ('neural', 'vel', optional 'direction') "
+        raise DataError(
+            f"{where}: found keys {found}; expected trial arrays ('neural', 'vel', optional 'direction') "
             "or NLB tensors ('train_spikes_heldin', 'train_spikes_heldout', 'train_behavior')"
         )
-    if neural.ndim != 3:
-        raise ValueError(f"{path}: neural data have shape {neural.shape}; expected (trials, bins, units)")
-    if velocity is not None and (velocity.ndim != 3 or velocity.shape[:2] != neural.shape[:2]):
-        raise ValueError(
-            f"{path}: velocity has shape {velocity.shape}; expected (trials, bins, 2) matching the neural data {neural.shape[:2]}"
+    if velocity is not None and velocity.shape[:2] != neural.shape[:2]:
+        raise DataError(
+            f"{where}: velocity has shape {velocity.shape} but the neural data have shape {neural.shape}; "
+            "expected the same (trials, bins) in both"
         )
     if direction is not None:
-        direction = np.asarray(direction).astype(np.int64).ravel()
-        if direction.shape != (neural.shape[0],):
-            raise ValueError(f"{path}: 'direction' has shape {direction.shape}; expected one label per trial ({neural.shape[0]},)")
+        direction = integer_labels(direction, "direction", where, length=neural.shape[0])
     return ReachData(neural=neural, velocity=velocity, direction=direction)
 
 
@@ -219,7 +249,7 @@ def bin_time_series(timestamps: np.ndarray, values: np.ndarray, edges: np.ndarra
     return means
 
 
-def _find_time_series(nwb, name: str):
+def _find_time_series(nwb, name: str, where: str):
     """A TimeSeries called ``name`` in any processing module or in acquisition."""
     places = [(f"processing/{module}", nwb.processing[module].data_interfaces) for module in nwb.processing]
     places.append(("acquisition", nwb.acquisition))
@@ -227,7 +257,10 @@ def _find_time_series(nwb, name: str):
         if name in interfaces:
             return interfaces[name]
     available = [f"{where}/{key}" for where, interfaces in places for key in interfaces]
-    raise ValueError(f"no behaviour time series {name!r}; found {available}; set datamodule.behaviour_key")
+    raise DataError(
+        f"{where}: no behaviour time series {name!r}; found {available}; "
+        "expected one named by datamodule.behaviour_key (null: no behaviour)"
+    )
 
 
 def load_nwb(
@@ -257,18 +290,21 @@ def load_nwb(
     start_ms, stop_ms = (float(value) for value in window_ms)
     n_bins = (stop_ms - start_ms) / float(bin_size_ms)
     if bin_size_ms <= 0 or n_bins < 1 or abs(n_bins - round(n_bins)) > 1e-6:
-        raise ValueError(
+        raise ConfigError(
             f"datamodule.window_ms={list(window_ms)}, bin_size_ms={bin_size_ms}: expected a window that is a "
             "positive whole number of bins"
         )
     n_bins = int(round(n_bins))
-    with NWBHDF5IO(str(path), "r") as io:
+    path = check_data_file(path, NWB_SUFFIXES)
+    with reading(path, "NWB"), NWBHDF5IO(str(path), "r") as io:
         nwb = io.read()
-        if nwb.units is None or nwb.trials is None:
-            raise ValueError(f"{path}: expected a 'units' table and an 'intervals/trials' table")
+        if nwb.units is None or "spike_times" not in nwb.units.colnames:
+            raise DataError(f"{path}: no 'units' table with spike_times; expected sorted units with their spike times (NWB ecephys)")
+        if nwb.trials is None:
+            raise DataError(f"{path}: no 'intervals/trials' table; expected a trials table with the align event")
         trials, units = nwb.trials, nwb.units
         if align_event not in trials.colnames:
-            raise ValueError(f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}")
+            raise DataError(f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}")
         align = np.asarray(trials[align_event].data[:], dtype=np.float64)
         keep = np.isfinite(align)
         if trial_splits is not None and "split" in trials.colnames:
@@ -277,18 +313,23 @@ def load_nwb(
         index = units["spike_times"]
         flat, ends = np.asarray(index.target.data[:], dtype=np.float64), np.asarray(index.data[:], dtype=np.int64)
         if len(ends) == 0:
-            raise ValueError(f"{path}: the units table is empty; expected spike times of at least one unit")
+            raise DataError(f"{path}: the units table is empty; expected spike times of at least one unit")
         spike_times = np.split(flat, ends[:-1])
         if not include_heldout and "heldout" in units.colnames:
             heldout = np.asarray(units["heldout"].data[:], dtype=bool)
             spike_times = [times for times, out in zip(spike_times, heldout) if not out]
-        series = _find_time_series(nwb, behaviour_key) if behaviour_key else None
+        series = _find_time_series(nwb, behaviour_key, str(path)) if behaviour_key else None
         if series is not None:
             values = np.asarray(series.data[:], dtype=np.float64)
             if series.timestamps is not None:
                 stamps = np.asarray(series.timestamps[:], dtype=np.float64)
             else:
                 stamps = float(series.starting_time or 0.0) + np.arange(len(values)) / float(series.rate)
+            if len(values) < 2 or len(stamps) != len(values) or not np.all(np.diff(stamps) >= 0):
+                raise DataError(
+                    f"{path}: behaviour series {behaviour_key!r} has {len(values)} samples and {len(stamps)} "
+                    "timestamps; expected at least 2 samples with one increasing timestamp each"
+                )
     left = align[:, None] + (start_ms / 1000.0) + bin_s * np.arange(n_bins + 1)[None, :]
     velocity = None
     if series is not None:
@@ -297,7 +338,7 @@ def load_nwb(
         inside = (shifted[:, 0] >= stamps[0]) & (shifted[:, -1] <= stamps[-1] + bin_s)
         keep &= inside & np.isfinite(velocity).all(axis=(1, 2))
     if not keep.any():
-        raise ValueError(f"{path}: no trial left after removing NaN {align_event}, other splits and missing behaviour")
+        raise DataError(f"{path}: no trial left after removing NaN {align_event}, other splits and missing behaviour")
     log.info("%s: %d of %d trials kept, %d units, %d bins of %g ms", path, keep.sum(), len(keep), len(spike_times), n_bins, bin_size_ms)
     neural = bin_spike_times(spike_times, left[keep])
     return ReachData(neural=neural, velocity=None if velocity is None else velocity[keep])
@@ -311,6 +352,7 @@ def load_m1_recording(
     drop_silent_units: bool = True,
     scaling: str = "max",
     n_directions: int = 8,
+    nan_policy: str = "error",
     **nwb_options,
 ) -> Recording:
     """Read and preprocess an M1 reaching session into a :class:`Recording`.
@@ -323,25 +365,32 @@ def load_m1_recording(
         See :func:`preprocess`.
     n_directions : int
         Sectors of :func:`reach_directions` when the file gives no ``direction``.
+    nan_policy : {"error", "drop", "interpolate"}
+        NaN/Inf in the neural data or velocity: stop, drop the affected trials, or
+        interpolate along time (:func:`datamodules.validation.apply_nan_policy`).
     **nwb_options
         Passed to :func:`load_nwb` for ``.nwb`` files.
     """
     path = Path(path) if path else BUNDLED_SESSION
-    if path.suffix.lower() == ".nwb":
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: file not found; expected an existing .nwb file")
+    where = str(path)
+    if path.suffix.lower() in NWB_SUFFIXES:
         data = load_nwb(path, **nwb_options)
     else:
         data = _as_reach_data(read_arrays(path, TRIAL_ARRAY_KEYS + NLB_KEYS), path)
-    x, kept = preprocess(data.neural, drop_silent_units, scaling)
+    check_trial_length(data.neural.shape[1], where)
+    repaired, kept_trials = apply_nan_policy(
+        {"neural": data.neural, "vel": data.velocity}, nan_policy, where, single_sequence=False
+    )
+    x, kept = preprocess(repaired["neural"], drop_silent_units, scaling, where)
     extras = {"units_kept": kept}
-    direction = data.direction
-    if direction is None and data.velocity is not None and data.velocity.shape[-1] == 2:
-        direction = reach_directions(data.velocity, n_directions)
+    velocity = repaired["vel"]
+    direction = None if data.direction is None else data.direction[kept_trials]
+    if direction is None and velocity is not None and velocity.shape[-1] == 2:
+        direction = reach_directions(velocity, n_directions)
     if direction is not None:
         extras["direction"] = direction
     log.info("%s: %d trials x %d bins, %d of %d units kept, scaling %s", path, *x.shape[:2], x.shape[2], data.neural.shape[2], scaling)
-    return Recording(x=x, behaviour=data.velocity, source=str(path), extras=extras)
+    return Recording(x=x, behaviour=velocity, source=where, extras=extras)
 
 
 class MonkeyM1DataModule(RecordingDataModule):
@@ -357,7 +406,7 @@ class MonkeyM1DataModule(RecordingDataModule):
         NWB only, see :func:`load_nwb`.
     **kwargs
         :class:`RecordingDataModule` settings (``batch_size``, ``split`` — default ``all``, the
-        authors' protocol — ...).
+        authors' protocol —, ``nan_policy`` ...).
     """
 
     def __init__(
@@ -378,8 +427,9 @@ class MonkeyM1DataModule(RecordingDataModule):
         kwargs.setdefault("split", "all")
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
-            raise ValueError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
+            raise ConfigError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
         self.path = path
+        self.drop_constant_channels = bool(drop_silent_units)
         self.options = {"drop_silent_units": drop_silent_units, "scaling": scaling, "n_directions": n_directions}
         self.nwb_options = {
             "bin_size_ms": bin_size_ms,
@@ -392,7 +442,7 @@ class MonkeyM1DataModule(RecordingDataModule):
         }
 
     def load_recording(self) -> Recording:
-        return load_m1_recording(self.path, **self.options, **self.nwb_options)
+        return load_m1_recording(self.path, **self.options, nan_policy=self.nan_policy, **self.nwb_options)
 
     def trial_strata(self, recording: Recording) -> np.ndarray | None:
         return recording.extras.get("direction")

@@ -37,7 +37,19 @@ from datamodules.base import RecordingDataModule
 from datamodules.loading import read_arrays
 from datamodules.recording import Recording
 from datamodules.synthetic import cached
+from datamodules.validation import (
+    apply_nan_policy,
+    check_data_file,
+    check_ndim,
+    check_not_empty,
+    check_trial_length,
+    integer_labels,
+    numeric_array,
+    positive_scalar,
+    reading,
+)
 from datamodules.voltage_simulator import simulate_voltage_imaging
+from facrnn.errors import ConfigError, DataError
 from facrnn.model import encoder_input
 
 log = logging.getLogger(__name__)
@@ -103,9 +115,9 @@ def mask_channel_map(mask: np.ndarray) -> np.ndarray:
 
 def _movie_to_data(movie: np.ndarray, mask: np.ndarray | None, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Traces of the in-mask pixels and the channel map of a ``(T, H, W)`` movie."""
-    if movie.ndim != 3:
-        raise ValueError(f"{where}: 'movie' has shape {movie.shape}; expected (time, height, width)")
-    movie = np.asarray(movie, dtype=np.float32)
+    check_ndim(movie, "movie", where, (3,), "(time, height, width)")
+    check_not_empty(movie, "movie", where, "(time, height, width)")
+    movie = np.asarray(numeric_array(movie, "movie", where), dtype=np.float32)
     if mask is None:
         finite = np.isfinite(movie).all(axis=0)
         mask = finite & (np.nanstd(np.where(finite, movie, 0.0), axis=0) > 0)
@@ -115,12 +127,15 @@ def _movie_to_data(movie: np.ndarray, mask: np.ndarray | None, where: str) -> tu
 
 
 def _check_mask(mask: np.ndarray, frame_shape: tuple[int, ...], where: str) -> np.ndarray:
-    mask = np.asarray(mask)
+    mask = numeric_array(mask, "mask", where)
     if mask.shape != tuple(frame_shape):
-        raise ValueError(f"{where}: 'mask' has shape {mask.shape}; expected the frame shape {tuple(frame_shape)}")
+        raise DataError(
+            f"{where}: 'mask' has shape {mask.shape} but the 'movie' frames have shape {tuple(frame_shape)}; "
+            f"expected the frame shape {tuple(frame_shape)}"
+        )
     mask = mask.astype(bool)
     if not mask.any():
-        raise ValueError(f"{where}: the mask selects no pixel; expected at least one pixel inside")
+        raise DataError(f"{where}: the mask selects no pixel; expected at least one pixel inside")
     return mask
 
 
@@ -132,25 +147,25 @@ def read_array_file(path: str | Path) -> ImagingData:
     if "movie" in arrays:
         traces, channel_map = _movie_to_data(arrays["movie"], mask, where)
     elif "traces" in arrays:
-        traces = np.asarray(arrays["traces"], dtype=np.float32)
-        if traces.ndim != 2:
-            raise ValueError(f"{where}: 'traces' has shape {traces.shape}; expected (time, channels)")
+        traces = check_ndim(arrays["traces"], "traces", where, (2,), "(time, channels)")
+        check_not_empty(traces, "traces", where, "(time, channels)")
+        traces = np.asarray(traces, dtype=np.float32)
         channel_map = None
         if mask is not None:
             mask = np.asarray(mask).astype(bool)
             if mask.ndim != 2 or int(mask.sum()) != traces.shape[1]:
-                raise ValueError(
-                    f"{where}: 'mask' has shape {mask.shape} with {int(mask.sum())} pixels inside; expected a 2-D "
-                    f"mask with one pixel per trace column ({traces.shape[1]})"
+                raise DataError(
+                    f"{where}: 'mask' has shape {mask.shape} with {int(mask.sum())} pixels inside but 'traces' has "
+                    f"shape {traces.shape}; expected a 2-D mask with one pixel per trace column ({traces.shape[1]})"
                 )
             channel_map = mask_channel_map(mask)
     else:
-        raise ValueError(
+        raise DataError(
             f"{where}: neither 'movie' nor 'traces' found; found keys {arrays['__keys__']}, expected 'movie' "
             "(time, height, width) or 'traces' (time, channels), optionally 'mask' and 'fs'"
         )
-    fs = float(np.asarray(arrays["fs"]).reshape(())) if "fs" in arrays else None
-    group_sizes = [int(size) for size in np.ravel(arrays["group_sizes"])] if "group_sizes" in arrays else None
+    fs = positive_scalar(arrays["fs"], "fs", where) if "fs" in arrays else None
+    group_sizes = integer_labels(arrays["group_sizes"], "group_sizes", where, minimum=1).tolist() if "group_sizes" in arrays else None
     return ImagingData(
         traces=traces,
         channel_map=channel_map,
@@ -226,9 +241,10 @@ def read_nwb_file(path: str | Path, series: str | None = None, frames: Sequence[
         from pynwb import NWBHDF5IO
     except ImportError as error:  # pragma: no cover - pynwb is a dependency
         raise ImportError(f"{path}: reading NWB files needs pynwb (pip install pynwb)") from error
+    path = check_data_file(path, (NWB_SUFFIX,))
     where = str(path)
     window = slice(None) if frames is None else slice(int(frames[0]), int(frames[1]))
-    with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
+    with reading(path, "NWB"), NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
         nwbfile = io.read()
         candidates = {}
         for module in nwbfile.processing.values():
@@ -250,16 +266,16 @@ def read_nwb_file(path: str | Path, series: str | None = None, frames: Sequence[
                 }
             )
         if not candidates:
-            raise ValueError(
+            raise DataError(
                 f"{where}: no DfOverF RoiResponseSeries and no OnePhotonSeries/ImageSeries (T, H, W) found; "
                 "expected one of them"
             )
         if series is None:
             if len(candidates) > 1:
-                raise ValueError(f"{where}: several series {sorted(candidates)}; choose one with datamodule.series=NAME")
+                raise ConfigError(f"{where}: several series {sorted(candidates)}; choose one with datamodule.series=NAME")
             series = next(iter(candidates))
         if series not in candidates:
-            raise ValueError(f"{where}: datamodule.series={series!r} not found; expected one of {sorted(candidates)}")
+            raise ConfigError(f"{where}: datamodule.series={series!r} not found; expected one of {sorted(candidates)}")
         kind, chosen = candidates[series]
         fs = _series_rate(chosen, where)
         data = np.asarray(chosen.data[window], dtype=np.float32)
@@ -284,8 +300,6 @@ def read_nwb_file(path: str | Path, series: str | None = None, frames: Sequence[
 def read_imaging_file(path: str | Path, series: str | None = None, frames: Sequence[int] | None = None) -> ImagingData:
     """Read any supported imaging file (``.npz``, ``.h5``, ``.nwb``), optionally a frame window."""
     if Path(path).suffix.lower() == NWB_SUFFIX:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: file not found; expected an existing .nwb, .npz or .h5 file")
         return read_nwb_file(path, series, frames)
     data = read_array_file(path)
     if frames is not None:
@@ -293,12 +307,57 @@ def read_imaging_file(path: str | Path, series: str | None = None, frames: Seque
     return data
 
 
+def check_imaging(data: ImagingData, nan_policy: str = "error") -> ImagingData:
+    """Check the shapes of a recording and its ground truth, then apply ``nan_policy``.
+
+    Parameters
+    ----------
+    data : ImagingData
+    nan_policy : {"error", "drop", "interpolate"}
+        NaN/Inf in the traces or true latents: stop, drop the affected frames, or
+        interpolate along time (:func:`datamodules.validation.apply_nan_policy`).
+
+    Raises
+    ------
+    DataError
+        Naming the source and the arrays whose shapes disagree, or the NaN/Inf values.
+    """
+    where = data.source
+    traces = np.asarray(data.traces)
+    n_frames, n_channels = traces.shape
+    check_trial_length(n_frames, where)
+    latents = data.latents
+    if latents is not None:
+        latents = check_ndim(numeric_array(latents, "latents", where), "latents", where, (2,), "(time, K)")
+        if latents.shape[0] != n_frames:
+            raise DataError(
+                f"{where}: 'latents' has shape {latents.shape} but 'traces' has shape {traces.shape}; "
+                f"expected {n_frames} frames in both"
+            )
+    if data.A is not None:
+        A = numeric_array(data.A, "A", where)
+        width = None if latents is None else latents.shape[1]
+        if A.ndim != 2 or A.shape[0] != n_channels or (width is not None and A.shape[1] != width):
+            raise DataError(f"{where}: 'A' has shape {A.shape} but 'traces' has shape {traces.shape}; expected (channels={n_channels}, K={width})")
+    if data.offset is not None and numeric_array(data.offset, "offset", where).shape != (n_channels,):
+        raise DataError(f"{where}: 'offset' has shape {np.shape(data.offset)} but 'traces' has shape {traces.shape}; expected ({n_channels},)")
+    repaired, _ = apply_nan_policy(
+        {"traces": traces[None], "latents": None if latents is None else latents[None]},
+        nan_policy, where, single_sequence=True,
+    )
+    return replace(
+        data,
+        traces=np.asarray(repaired["traces"][0], dtype=np.float32),
+        latents=None if latents is None else repaired["latents"][0],
+    )
+
+
 def select_frames(data: ImagingData, frames: Sequence[int]) -> ImagingData:
     """The frames ``[start, stop)`` of a recording (and of its true latents)."""
     start, stop = (int(value) for value in frames)
     n_frames = data.traces.shape[0]
     if not 0 <= start < stop <= n_frames:
-        raise ValueError(f"datamodule.frames={[start, stop]}: expected 0 <= start < stop <= {n_frames} frames")
+        raise ConfigError(f"datamodule.frames={[start, stop]}: expected 0 <= start < stop <= {n_frames} frames")
     latents = None if data.latents is None else data.latents[start:stop]
     return replace(data, traces=data.traces[start:stop], latents=latents)
 
@@ -453,11 +512,14 @@ def to_recording(data: ImagingData, history: int = 1) -> Recording:
         extras["fs"] = np.array(float(data.fs))
     latents = data.latents
     if latents is not None and latents.shape[0] != data.traces.shape[0]:
-        raise ValueError(f"{data.source}: 'latents' has {latents.shape[0]} frames; expected {data.traces.shape[0]}")
+        raise DataError(
+            f"{data.source}: 'latents' has shape {latents.shape} but 'traces' has shape {data.traces.shape}; "
+            f"expected {data.traces.shape[0]} frames in both"
+        )
     A = B = None
     if data.A is not None and latents is not None:
         if data.A.shape != (n_channels, latents.shape[1]):
-            raise ValueError(f"{data.source}: 'A' has shape {data.A.shape}; expected (channels={n_channels}, K={latents.shape[1]})")
+            raise DataError(f"{data.source}: 'A' has shape {data.A.shape}; expected (channels={n_channels}, K={latents.shape[1]})")
         A = data.A
         B, _ = oracle_encoder(data.traces, latents, history)
     return Recording(
@@ -516,6 +578,9 @@ class MouseVoltageDataModule(RecordingDataModule):
         Settings of the imaging figures (``FIGURE_DEFAULTS``).
     cache_dir : str, optional
         Where simulated recordings are cached.
+    **kwargs
+        :class:`RecordingDataModule` settings (``batch_size``, ``split``, ``nan_policy`` for
+        NaN/Inf in file data, see :func:`check_imaging`, ...).
     """
 
     def __init__(
@@ -569,7 +634,8 @@ class MouseVoltageDataModule(RecordingDataModule):
         return data
 
     def load_recording(self) -> Recording:
-        data = preprocess(self.load_imaging(), self.spatial_bin, self.bandpass, self.zscore)
+        data = check_imaging(self.load_imaging(), self.nan_policy)
+        data = preprocess(data, self.spatial_bin, self.bandpass, self.zscore)
         log.info(
             "%s: %d frames x %d channels%s; %s",
             data.source,
@@ -587,6 +653,7 @@ __all__ = [
     "MouseVoltageDataModule",
     "bandpass_filter",
     "binning_matrix",
+    "check_imaging",
     "mask_channel_map",
     "oracle_encoder",
     "preprocess",

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from datamodules.validation import (
+    check_finite,
+    check_ndim,
+    check_not_empty,
+    check_same_leading,
+    check_some_variance,
+    check_trial_length,
+    integer_labels,
+    numeric_array,
+)
+from facrnn.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,53 +67,53 @@ class Recording:
         return int(self.x.shape[-1])
 
     def validate(self) -> None:
-        """Check dimensions, shapes and finiteness; raise ``ValueError`` naming the key at fault."""
+        """Check dtypes, dimensions, shapes and finiteness; raise ``DataError`` naming the source and key."""
         where = self.source
-        if not np.issubdtype(np.asarray(self.x).dtype, np.number):
-            raise ValueError(f"{where}: 'x' has dtype {self.x.dtype}; expected numbers")
-        if self.x.ndim != 3:
-            raise ValueError(f"{where}: 'x' has shape {self.x.shape}; expected (trials, time, channels)")
-        if self.x.size == 0:
-            raise ValueError(f"{where}: 'x' is empty (shape {self.x.shape}); expected at least one bin and channel")
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
-        n_bad = int((~np.isfinite(self.x)).sum())
-        if n_bad:
-            trials, bins, _ = np.nonzero(~np.isfinite(self.x))
-            raise ValueError(
-                f"{where}: 'x' holds {n_bad} NaN/Inf values (first at trial {trials[0]}, bin {bins[0]}); "
-                "expected finite values"
-            )
+        layout = "(trials, time, channels)"
+        x = check_ndim(numeric_array(self.x, "x", where), "x", where, (3,), layout)
+        check_not_empty(x, "x", where, layout)
+        check_trial_length(x.shape[1], where)
+        with np.errstate(over="ignore"):  # beyond the float32 range: Inf, reported next
+            self.x = np.ascontiguousarray(x, dtype=np.float32)
+        check_finite(self.x, "x", where)
         for key in ("external_input", "latents", "behaviour"):
             value = getattr(self, key)
             if value is None:
                 continue
-            value = np.ascontiguousarray(value, dtype=np.float32)
-            if value.ndim != 3 or value.shape[:2] != self.x.shape[:2]:
-                raise ValueError(
-                    f"{where}: '{key}' has shape {value.shape}; expected (trials, time, ...) matching "
-                    f"'x' {self.x.shape[:2]}"
-                )
+            value = numeric_array(value, key, where)
+            check_ndim(value, key, where, (3,), "(trials, time, ...) like 'x'")
+            check_same_leading(self.x, "x", value, key, where, 2, "(trials, time)")
             if key == "external_input" and value.shape != self.x.shape:
-                raise ValueError(f"{where}: 'inputs' has shape {value.shape}; expected the shape of 'x' {self.x.shape}")
-            if not np.isfinite(value).all():
-                raise ValueError(f"{where}: '{key}' holds NaN/Inf values; expected finite values")
+                raise DataError(
+                    f"{where}: 'inputs' has shape {value.shape} but 'x' has shape {self.x.shape}; "
+                    "expected the same shape in both"
+                )
+            with np.errstate(over="ignore"):
+                value = np.ascontiguousarray(value, dtype=np.float32)
+            check_finite(value, key, where)
             setattr(self, key, value)
         n_true = self.latents.shape[-1] if self.latents is not None else None
+        for key in ("A", "B"):
+            value = getattr(self, key)
+            if value is not None:
+                value = numeric_array(value, key, where).astype(np.float64)
+                check_finite(value, key, where, ("row", "column"), repairable=False)
+                setattr(self, key, value)
         if self.A is not None:
-            self.A = np.asarray(self.A, dtype=np.float64)
             if self.A.ndim != 2 or self.A.shape[0] != self.n_channels or (n_true and self.A.shape[1] != n_true):
-                raise ValueError(f"{where}: 'A' has shape {self.A.shape}; expected (neurons={self.n_channels}, K={n_true})")
+                raise DataError(f"{where}: 'A' has shape {self.A.shape}; expected (neurons={self.n_channels}, K={n_true})")
         if self.B is not None:
-            self.B = np.asarray(self.B, dtype=np.float64)
             if self.B.ndim != 2 or self.B.shape[1] != self.n_channels or (n_true and self.B.shape[0] != n_true):
-                raise ValueError(f"{where}: 'B' has shape {self.B.shape}; expected (K={n_true}, neurons={self.n_channels})")
+                raise DataError(f"{where}: 'B' has shape {self.B.shape}; expected (K={n_true}, neurons={self.n_channels})")
         if (self.A is None) != (self.B is None):
-            raise ValueError(f"{where}: only one of 'A' and 'B' given; expected both or neither")
+            raise DataError(f"{where}: only one of 'A' and 'B' given; expected both or neither")
+        if self.A is not None and self.B is not None and self.A.shape[1] != self.B.shape[0]:
+            raise DataError(f"{where}: 'A' has shape {self.A.shape} but 'B' has shape {self.B.shape}; expected A (N, K) and B (K, N)")
         if self.group_sizes is not None:
-            self.group_sizes = [int(size) for size in np.ravel(self.group_sizes)]
+            self.group_sizes = integer_labels(self.group_sizes, "group_sizes", where, minimum=1).tolist()
             width = n_true if n_true is not None else (self.A.shape[1] if self.A is not None else None)
             if width is not None and sum(self.group_sizes) != width:
-                raise ValueError(
+                raise DataError(
                     f"{where}: 'group_sizes' {self.group_sizes} sums to {sum(self.group_sizes)}; "
                     f"expected the ground-truth latent dimension {width}"
                 )
@@ -130,4 +145,49 @@ def simulated_recording(arrays: dict[str, np.ndarray], source: str, **extras: np
         single_sequence=True,
         source=source,
         extras={key: value[None] for key, value in extras.items()},
+    )
+
+
+def drop_constant_channels(recording: Recording) -> Recording:
+    """Remove zero-variance channels of ``recording.x`` (and everything indexed by channel).
+
+    ``external_input``, the rows of ``A``, the columns of ``B`` and the extras
+    ``units_kept`` / ``channel_map`` / ``mask`` follow (other recordings get
+    ``extras["channels_kept"]``); the number dropped is logged as a warning.
+
+    Raises
+    ------
+    DataError
+        Every channel is constant.
+    """
+    varies = check_some_variance(recording.x, "x", recording.source)
+    if varies.all():
+        return recording
+    kept = np.flatnonzero(varies)
+    log.warning(
+        "%s: dropped %d zero-variance channels of %d; %d channels remain",
+        recording.source, int((~varies).sum()), varies.size, kept.size,
+    )
+    extras = dict(recording.extras)
+    if "units_kept" in extras:
+        extras["units_kept"] = np.asarray(extras["units_kept"])[kept]
+    elif "channel_map" in extras:
+        old_map = np.asarray(extras["channel_map"])
+        renumber = np.full(varies.size, -1, dtype=np.int64)
+        renumber[kept] = np.arange(kept.size)
+        extras["channel_map"] = np.where(old_map >= 0, renumber[np.clip(old_map, 0, None)], -1)
+        extras["mask"] = extras["channel_map"] >= 0
+    else:
+        extras["channels_kept"] = kept
+    return Recording(
+        x=recording.x[..., kept],
+        external_input=None if recording.external_input is None else recording.external_input[..., kept],
+        latents=recording.latents,
+        A=None if recording.A is None else recording.A[kept],
+        B=None if recording.B is None else recording.B[:, kept],
+        group_sizes=recording.group_sizes,
+        behaviour=recording.behaviour,
+        single_sequence=recording.single_sequence,
+        source=recording.source,
+        extras=extras,
     )

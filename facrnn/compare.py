@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
 from facrnn.posthoc import POSTHOC_DIR, POSTHOC_METHODS
+from facrnn.run_dirs import has_plain_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class RunVariant:
 
 
 def discover_runs(directories: Iterable[str | Path]) -> list[Path]:
-    """Training run directories (``config.yaml`` + ``checkpoints/``) under ``directories``, sorted."""
+    """Training run directories (``config.yaml`` + ``checkpoints/{best,last}.ckpt``) under
+    ``directories``, sorted; a run of batched copies (``model.replicas``) counts by its replica
+    directories."""
     runs: set[Path] = set()
     for directory in directories:
         directory = Path(directory)
@@ -104,10 +107,10 @@ def discover_runs(directories: Iterable[str | Path]) -> list[Path]:
         for config in directory.rglob("config.yaml"):
             if config.parent.name.startswith("posthoc_") or ".hydra" in config.parts:
                 continue
-            if (config.parent / "checkpoints").is_dir():
+            if has_plain_checkpoint(config.parent):
                 runs.add(config.parent.resolve())
-            else:
-                log.warning("%s: no checkpoints/ (a fast_dev_run?), skipped", config.parent)
+            elif not (config.parent / "checkpoints" / "copies").is_dir():  # batched copies: their replicas are the runs
+                log.warning("%s: no checkpoints/best.ckpt or last.ckpt (a fast_dev_run?), skipped", config.parent)
     return sorted(runs)
 
 
@@ -151,11 +154,11 @@ class DataCache:
 
 def load_variant_model(variant: RunVariant, datamodule: Any, checkpoint: str = "best", seed: int = 0) -> Any:
     """The ``LowRankRNN`` of a run, post-hoc transformed when ``variant.kind`` is set."""
-    from facrnn.module import FacRNNModule
+    from facrnn.checkpoints import load_checkpoint
     from facrnn.pipeline import find_checkpoint
     from facrnn.posthoc import posthoc_group_sizes, posthoc_model
 
-    model = FacRNNModule.load(str(find_checkpoint(variant.run_dir, checkpoint))).model
+    model = load_checkpoint(find_checkpoint(variant.run_dir, checkpoint)).model
     model.eval()
     if variant.kind is None:
         return model

@@ -37,6 +37,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from facrnn.grouping import resolve_group_sizes
+from facrnn.run_dirs import has_plain_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _run_dirs(directories: Iterable[str | Path]) -> list[Path]:
     found = set()
     for directory in directories:
         for config in Path(directory).rglob("config.yaml"):
-            if (config.parent / "checkpoints").is_dir():
+            if has_plain_checkpoint(config.parent):
                 found.add(config.parent)
     return sorted(found)
 
@@ -70,13 +71,13 @@ def own_partial_corr(run_dir: Path, n_mc: int = 5, seed: int = 0) -> float:
         return float(json.loads(cache.read_text())["partial_corr_own"])
     import torch
 
-    from facrnn.module import FacRNNModule
+    from facrnn.checkpoints import load_checkpoint
     from facrnn.partial_correlation import partial_correlation_eval
     from facrnn.pipeline import find_checkpoint, instantiate_datamodule
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     datamodule = instantiate_datamodule(cfg.datamodule)
-    module = FacRNNModule.load(str(find_checkpoint(run_dir, "best")))
+    module = load_checkpoint(find_checkpoint(run_dir, "best"))
     with torch.no_grad():
         means = module.model.encode(datamodule.split_tensors("test")["encoder_input"]).double()
     value = partial_correlation_eval(means, module.model.width, module.group_sizes, n_mc, seed)

@@ -12,18 +12,20 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> 
 
     Parameters
     ----------
-    x, mean : (n, N) tensors
-    log_std : (N,) tensor
+    x, mean : (..., n, N) tensors
+        Leading dimensions (independent model copies, ``model.replicas``) are kept.
+    log_std : (..., N) tensor
         Per-neuron ``log s``.
 
     Returns
     -------
-    scalar tensor
+    (...) tensor (a scalar for 2-D inputs)
         ``mean_i sum_n [0.5 ((x - mean) / s)^2 + log s + 0.5 log 2 pi]``.
     """
+    log_std = log_std.unsqueeze(-2)
     standardized = (x - mean) * torch.exp(-log_std)
     per_neuron = 0.5 * standardized.pow(2) + log_std + 0.5 * math.log(2.0 * math.pi)
-    return per_neuron.sum(-1).mean()
+    return per_neuron.sum(-1).mean(-1)
 
 
 def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
@@ -31,18 +33,18 @@ def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
 
     Parameters
     ----------
-    means : (n, K) tensor
+    means : (..., n, K) tensor
     width : float
         Posterior width ``h``.
 
     Returns
     -------
-    scalar tensor
+    (...) tensor (a scalar for 2-D inputs)
         ``mean_i 0.5 sum_k (mu_ik^2 + h^2 - 1 - 2 log h)``.
     """
     latent_dim = means.shape[-1]
     constant = 0.5 * latent_dim * (width**2 - 1.0 - 2.0 * math.log(width))
-    return 0.5 * means.pow(2).sum(-1).mean() + constant
+    return 0.5 * means.pow(2).sum(-1).mean(-1) + constant
 
 
 def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
@@ -50,17 +52,17 @@ def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Te
 
     Parameters
     ----------
-    overlap : (K, K) tensor
-        ``B A``.
+    overlap : (..., K, K) tensor
+        ``B A`` (of each model copy).
     block_mask : (K, K) tensor
         1 inside the group blocks, 0 elsewhere.
 
     Returns
     -------
-    scalar tensor
+    (...) tensor (a scalar for one ``(K, K)`` matrix)
         ``mean((1 - mask) * overlap^2)``.
     """
-    return ((1.0 - block_mask) * overlap.pow(2)).mean()
+    return ((1.0 - block_mask) * overlap.pow(2)).mean((-2, -1))
 
 
 def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> torch.Tensor:
@@ -68,16 +70,16 @@ def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> 
 
     Parameters
     ----------
-    x : (n, N) tensor
+    x : (..., n, N) tensor
         Counts (non-integer values use the continuous extension ``lgamma(x + 1)``).
-    rate : (n, N) tensor
+    rate : (..., n, N) tensor
         Predicted rates (e.g. ``softplus(A z + a)``), clamped below at ``min_rate``.
 
     Returns
     -------
-    scalar tensor
+    (...) tensor (a scalar for 2-D inputs)
         ``mean_i sum_n [rate - x log rate + log x!]``.
     """
     rate = rate.clamp_min(min_rate)
     per_neuron = rate - x * torch.log(rate) + torch.lgamma(x + 1.0)
-    return per_neuron.sum(-1).mean()
+    return per_neuron.sum(-1).mean(-1)

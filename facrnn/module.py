@@ -3,20 +3,25 @@ they differ only in grouping, ``beta`` and ``alpha`` (see ``conf/model/``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from facrnn.errors import ConfigError, TrainingFaultError
 from facrnn.grouping import block_mask, resolve_group_sizes
 from facrnn.losses import gaussian_kl, gaussian_nll, overlap_penalty, poisson_nll
 from facrnn.model import LowRankRNN
 from facrnn.partial_correlation import partial_correlation_minibatch
+from facrnn.replicas import ReplicatedLowRankRNN, build_copies, keep_optimizer_state, select_starts
+
+log = logging.getLogger(__name__)
 
 
 def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` (``(n, ...)``) from every process in rank order, keeping gradients.
+    """Concatenate ``tensor`` (``(n, K)``) from every process in rank order, keeping gradients.
 
     The identity outside distributed training. Under DDP the minibatch PC estimator must see
     the *global* batch (every sample as a kernel centre), so that its value and, after DDP
@@ -75,6 +80,27 @@ class FacRNNModule(pl.LightningModule):
     lr, weight_decay : float
     name : str
         Method name recorded with the run (``facrnn``, ``lrrnn``, ...).
+    replicas : int
+        Train this many independently initialised and shuffled copies at once, with batched
+        weights (:mod:`facrnn.replicas`); replica ``r`` stands for a run with ``seed + r``
+        and is written to its own run directory after training (docs/scale.md).
+    restarts : int
+        Starts per replica; after ``restart_epochs`` epochs the start with the lowest
+        training objective (``nll + kl + beta pc + alpha overlap``, averaged over the last
+        tenth of that warm phase) is kept and trained on, the others are dropped
+        (``restarts.json`` records every start; docs/robust.md).
+    restart_epochs : int, optional
+        Length of the warm phase; default a fifth of ``trainer.max_epochs``.
+    beta_warmup_epochs : int
+        Ramp the training ``beta`` linearly from ``beta / E`` to ``beta`` over the first
+        ``E`` epochs (0: off). Validation, checkpoint selection and the restart selection
+        always use the full ``beta``.
+    nonfinite_skip_limit : int
+        0 (default): a non-finite loss stops training with a message naming the step, the
+        term and the last good checkpoint. ``k > 0``: skip up to ``k`` such batches (checks
+        every step, one host synchronisation per step) before stopping.
+    seed : int, optional
+        Base seed of the copies' initialisations; default ``torch.initial_seed()``.
     """
 
     def __init__(
@@ -98,6 +124,12 @@ class FacRNNModule(pl.LightningModule):
         decoder: str = "linear",
         hidden_dim: int = 32,
         likelihood: str = "gaussian",
+        replicas: int = 1,
+        restarts: int = 1,
+        restart_epochs: int | None = None,
+        beta_warmup_epochs: int = 0,
+        nonfinite_skip_limit: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -113,11 +145,39 @@ class FacRNNModule(pl.LightningModule):
             raise ValueError(f"model.optimizer={optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
         if n_train < 2:
             raise ValueError(f"n_train={n_train}: expected at least 2 training samples")
+        for key, value, minimum in (
+            ("replicas", replicas, 1),
+            ("restarts", restarts, 1),
+            ("beta_warmup_epochs", beta_warmup_epochs, 0),
+            ("nonfinite_skip_limit", nonfinite_skip_limit, 0),
+        ):
+            if int(value) != value or value < minimum:
+                raise ConfigError(f"model.{key}={value}: expected an integer >= {minimum}")
+        if restart_epochs is not None and restart_epochs < 1:
+            raise ConfigError(f"model.restart_epochs={restart_epochs}: expected a positive number of epochs or null")
+        if seed is None:
+            seed = int(torch.initial_seed() % 2**31)
         self.save_hyperparameters()
         self.group_sizes = sizes
-        self.model = LowRankRNN(
-            n_neurons, sizes, width_samples or n_train, link=link, encoder=encoder, decoder=decoder, hidden_dim=hidden_dim
-        )
+
+        def make_model() -> LowRankRNN:
+            return LowRankRNN(
+                n_neurons, sizes, width_samples or n_train, link=link, encoder=encoder, decoder=decoder, hidden_dim=hidden_dim
+            )
+
+        self.model: LowRankRNN | ReplicatedLowRankRNN
+        if replicas * restarts == 1:
+            self.model = make_model()
+        else:
+            self.model = build_copies(make_model, seed, replicas, restarts)
+        # per-copy bookkeeping of batched copies (saved in checkpoints; see on_save_checkpoint)
+        self.copy_history: dict[str, list[tuple[int, int, torch.Tensor]]] = {"train": [], "val": []}
+        self.best_parameters: dict[str, torch.Tensor] | None = None
+        self.best_val: torch.Tensor | None = None
+        self.best_epoch: torch.Tensor | None = None
+        self.restart_record: dict[str, Any] | None = None
+        self.kept_copies: list[int] | None = None  # initial copy index of each copy still trained
+        self._skipped_batches = 0
         if alpha > 0 and not self.model.is_linear:
             raise ValueError(
                 f"model.alpha={alpha} with model.encoder={encoder}, model.decoder={decoder}: the overlap "
@@ -135,8 +195,37 @@ class FacRNNModule(pl.LightningModule):
         """Posterior width ``h``."""
         return self.model.width
 
-    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """All loss terms of one batch, ``loss`` first; penalties with zero weight are 0."""
+    @property
+    def n_copies(self) -> int:
+        """Model copies trained at once (1 for a plain run)."""
+        return self.model.n_copies if isinstance(self.model, ReplicatedLowRankRNN) else 1
+
+    @property
+    def is_replicated(self) -> bool:
+        """Whether the weights are batched copies (``model.replicas`` or ``model.restarts`` > 1)."""
+        return isinstance(self.model, ReplicatedLowRankRNN)
+
+    def training_beta(self) -> float:
+        """``beta`` of the training loss this epoch (``beta_warmup_epochs`` ramps it up)."""
+        beta = float(self.hparams.beta)
+        warmup = int(self.hparams.get("beta_warmup_epochs", 0))
+        if warmup <= 0 or self._trainer is None:
+            return beta
+        return beta * min(1.0, (self.current_epoch + 1) / warmup)
+
+    def loss_terms(self, batch: dict[str, torch.Tensor], beta: float | None = None) -> dict[str, torch.Tensor]:
+        """All loss terms of one batch, ``loss`` first; penalties with zero weight are 0.
+
+        Scalars for a plain model; ``(C,)`` tensors, one value per copy, for batched copies
+        (their batch tensors are ``(C, n, ...)``, or ``(n, ...)``, shared by every copy).
+        ``beta`` overrides ``model.beta`` in ``loss`` (the warm-up ramp).
+        """
+        if self.is_replicated and batch["x"].ndim == 2:
+            batch = {key: value.expand(self.n_copies, *value.shape) for key, value in batch.items()}
+        elif self.is_replicated and batch["x"].shape[0] != self.n_copies:
+            # the sampler keeps drawing one batch per initial copy; the kept starts keep their own
+            batch = {key: value[self.kept_copies] for key, value in batch.items()}
+        beta = float(self.hparams.beta) if beta is None else beta
         means = self.model.encode(batch["encoder_input"])
         samples = self.model.sample(means)
         reconstruction = self.model.decode(samples, batch.get("external_input"))
@@ -145,7 +234,7 @@ class FacRNNModule(pl.LightningModule):
         else:
             nll = gaussian_nll(batch["x"], reconstruction, self.model.log_noise_std)
         kl = gaussian_kl(means, self.width)
-        zero = nll.new_zeros(())
+        zero = torch.zeros_like(nll)
         partial_corr = (
             partial_correlation_minibatch(
                 gather_across_ranks(samples),
@@ -159,40 +248,219 @@ class FacRNNModule(pl.LightningModule):
             else zero
         )
         overlap = overlap_penalty(self.model.overlap(), self.block_mask) if self.hparams.alpha > 0 else zero
-        loss = nll + kl + self.hparams.beta * partial_corr + self.hparams.alpha * overlap
+        loss = nll + kl + beta * partial_corr + self.hparams.alpha * overlap
         return {"loss": loss, "nll": nll, "kl": kl, "partial_corr": partial_corr, "overlap": overlap}
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # Manual optimization (set in __init__): one zero_grad/backward/step, without the
-        # closure and hook chain of automatic optimization, which costs about as much as the
-        # step itself for this small model (benchmarks/README.md).
-        terms = self.loss_terms(batch)
+    def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], batch_idx: int) -> None:
+        # Manual optimization (set in __init__): one zero_grad/backward/step per batch, without
+        # the closure and hook chain of automatic optimization; by default the datamodule hands
+        # a whole epoch of batches to one call (GroupedBatchSampler), which saves Lightning's
+        # per-call overhead on every other step (benchmarks/README.md).
+        batches = batch if isinstance(batch, list) else [batch]
         optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(terms["loss"])
-        optimizer.step()
-        # Accumulate on device; logged once per epoch (no host synchronisation per step).
-        stacked = torch.stack([terms[name].detach() for name in LOSS_TERMS])
-        self._epoch_sums = stacked if self._epoch_sums is None else self._epoch_sums + stacked
-        self._epoch_batches += 1
+        beta = self.training_beta()
+        skip_limit = int(self.hparams.get("nonfinite_skip_limit", 0))
+        step_terms = []
+        for one_batch in batches:
+            terms = self.loss_terms(one_batch, beta=beta)
+            optimizer.zero_grad()
+            self.manual_backward(terms["loss"].sum())  # copies: the sum gives each its own gradient
+            if skip_limit and not self.is_replicated and not bool(torch.isfinite(terms["loss"])):
+                self._skip_nonfinite_batch(terms, skip_limit)
+                continue
+            optimizer.step()
+            step_terms.append(torch.stack([terms[name].detach() for name in LOSS_TERMS]))
+        if not step_terms:
+            return
+        call_terms = torch.stack(step_terms)  # (steps, terms) or (steps, terms, C)
+        # One host synchronisation per call (per epoch by default), not per step.
+        if not self.is_replicated and not bool(torch.isfinite(call_terms).all()):
+            raise self._nonfinite_error(call_terms)
+        sums = call_terms.sum(0)
+        # Accumulate on device; logged once per epoch.
+        self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+        self._epoch_batches += len(step_terms)
+
+    def _last_checkpoint_message(self) -> str:
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        if path:
+            return f"the last good checkpoint is {path} (continue with ckpt_path={path})"
+        return "no checkpoint was saved before it"
+
+    def _nonfinite_error(self, call_terms: torch.Tensor) -> TrainingFaultError:
+        """The message of a non-finite loss: first bad step and term, last good checkpoint."""
+        finite = torch.isfinite(call_terms)
+        first = int((~finite.all(-1)).nonzero()[0, 0])
+        bad_terms = [name for index, name in enumerate(LOSS_TERMS) if not finite[first, index] and name != "loss"]
+        step = self.global_step - call_terms.shape[0] + first + 1
+        values = ", ".join(f"{name}={float(call_terms[first, index]):.4g}" for index, name in enumerate(LOSS_TERMS))
+        return TrainingFaultError(
+            f"training stopped at step {step} (epoch {self.current_epoch}): the "
+            f"{' and '.join(bad_terms) or 'loss'} term is not finite ({values}); {self._last_checkpoint_message()}; "
+            "expected finite losses: lower model.lr, check the data for extreme values, or set "
+            "model.nonfinite_skip_limit to skip such batches"
+        )
+
+    def _skip_nonfinite_batch(self, terms: dict[str, torch.Tensor], skip_limit: int) -> None:
+        self.optimizers().zero_grad()
+        self._skipped_batches += 1
+        stacked = torch.stack([terms[name].detach() for name in LOSS_TERMS]).unsqueeze(0)
+        if self._skipped_batches > skip_limit:
+            error = self._nonfinite_error(stacked)
+            raise TrainingFaultError(f"{error} (model.nonfinite_skip_limit={skip_limit} batches already skipped)")
+        log.warning(
+            "step %d: non-finite loss, batch skipped (%d of model.nonfinite_skip_limit=%d)",
+            self.global_step, self._skipped_batches, skip_limit,
+        )
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_sums is None:
             return
         means = self._epoch_sums / self._epoch_batches
         self._epoch_sums, self._epoch_batches = None, 0
+        if self.is_replicated:
+            self.copy_history["train"].append((self.current_epoch, self.global_step, means.detach().cpu()))
+            self._check_copies_finite(means)
+            self._maybe_select_restarts()
+            means = finite_copy_mean(means)
+        self._publish("train", means)
+
+    def _publish(self, split: str, means: torch.Tensor) -> None:
+        """Log one epoch's (or validation's) mean loss terms ``(terms,)`` as ``split/TERM``."""
+        metrics = {f"{split}/{name}": means[i] for i, name in enumerate(LOSS_TERMS)}
         if self.trainer.world_size > 1:
-            self.log_dict({f"train/{name}": means[i] for i, name in enumerate(LOSS_TERMS)}, on_epoch=True, sync_dist=True)
+            self.log_dict(metrics, on_epoch=True, sync_dist=True)
             return
-        # One process: hand the epoch means straight to the loggers (and to callbacks); the
-        # same rows as self.log_dict at a fraction of its cost per epoch (runs have 8-step epochs).
-        metrics = {f"train/{name}": means[i] for i, name in enumerate(LOSS_TERMS)}
+        # One process: hand the means straight to the callbacks and loggers, at the optimizer
+        # step count (a training_step call covers several steps), at a fraction of
+        # self.log_dict's cost.
         self.trainer.callback_metrics.update(metrics)
         if self.loggers:
             row = {name: float(value) for name, value in zip(metrics, means.tolist())}
             row["epoch"] = self.current_epoch
             for logger in self.loggers:
                 logger.log_metrics(row, step=self.global_step)
+
+    # ------------------------------------------------------------ batched copies
+    def _check_copies_finite(self, means: torch.Tensor) -> None:
+        """Stop when every copy's loss is non-finite; one diverged copy only drops out."""
+        finite = torch.isfinite(means).all(0)
+        if not bool(finite.any()):
+            raise TrainingFaultError(
+                f"training stopped in epoch {self.current_epoch}: the loss of every one of the {self.n_copies} "
+                f"model copies is not finite; {self._last_checkpoint_message()}; expected finite losses: lower model.lr"
+            )
+        newly_failed = [int(index) for index in (~finite).nonzero().flatten()]
+        if newly_failed:
+            log.warning("epoch %d: model copies %s have a non-finite loss; they are dropped at export", self.current_epoch, newly_failed)
+
+    def restart_epochs(self) -> int:
+        """Length of the restarts' warm phase in epochs."""
+        configured = self.hparams.get("restart_epochs")
+        if configured:
+            return int(configured)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1000
+        return max(1, round(0.2 * max_epochs))
+
+    def training_objectives(self, epochs: int) -> torch.Tensor:
+        """Per-copy training objective ``nll + kl + beta pc + alpha overlap`` (full ``beta``),
+        averaged over the last ``epochs`` recorded epochs; ``(C,)``."""
+        recent = torch.stack([means for _, _, means in self.copy_history["train"][-epochs:]])  # (E, terms, C)
+        terms = {name: recent[:, index] for index, name in enumerate(LOSS_TERMS)}
+        objective = terms["nll"] + terms["kl"] + self.hparams.beta * terms["partial_corr"] + self.hparams.alpha * terms["overlap"]
+        return objective.mean(0)
+
+    def _maybe_select_restarts(self) -> None:
+        if int(self.hparams.get("restarts", 1)) == 1 or self.restart_record is not None:
+            return
+        if self.current_epoch + 1 >= self.restart_epochs():
+            self.select_restarts()
+
+    def select_restarts(self) -> None:
+        """Keep the start of every replica with the lowest training objective (never
+        validation or test data), averaged over the last tenth of the warm phase."""
+        restarts = int(self.hparams.get("restarts", 1))
+        window = max(1, min(self.restart_epochs(), len(self.copy_history["train"])) // 10)
+        objectives = self.training_objectives(window)
+        replicas = int(self.hparams.get("replicas", 1))
+        kept = select_starts(objectives.view(replicas, restarts))
+        trajectory = torch.stack([means for _, _, means in self.copy_history["train"]])  # (E, terms, C)
+        full = trajectory[:, 1] + trajectory[:, 2] + self.hparams.beta * trajectory[:, 3] + self.hparams.alpha * trajectory[:, 4]
+        self.restart_record = {
+            "restarts": restarts,
+            "replicas": replicas,
+            "selection_epoch": int(self.current_epoch),
+            "window_epochs": int(window),
+            "objectives": [[float(value) for value in row] for row in objectives.view(replicas, restarts).tolist()],
+            "kept_start": [index - replica * restarts for replica, index in enumerate(kept)],
+            "epochs": [epoch for epoch, _, _ in self.copy_history["train"]],
+            "objective_trajectories": full.T.tolist(),  # (C, E)
+        }
+        log.info(
+            "restarts: epoch %d, kept start(s) %s by training objective %s",
+            self.current_epoch, self.restart_record["kept_start"], self.restart_record["objectives"],
+        )
+        self._keep_copies(kept)
+
+    def _keep_copies(self, kept: list[int]) -> None:
+        """Drop every copy but ``kept`` from the weights, optimizer and bookkeeping."""
+        n_before = self.n_copies
+        self.kept_copies = list(kept)
+        if self._trainer is not None:
+            for optimizer in self.trainer.optimizers:
+                keep_optimizer_state(optimizer, kept, n_before)
+        self.model.keep(kept)
+        index = torch.as_tensor(kept)
+        for split in ("train", "val"):
+            self.copy_history[split] = [(epoch, step, means[:, index]) for epoch, step, means in self.copy_history[split]]
+        if self.best_parameters is not None:
+            self.best_parameters = {name: value[index.to(value.device)] for name, value in self.best_parameters.items()}
+            self.best_val, self.best_epoch = self.best_val[index], self.best_epoch[index]
+
+    @torch.no_grad()
+    def _update_best_copies(self, val_loss: torch.Tensor) -> None:
+        """Keep each copy's weights at its lowest validation loss so far (its best checkpoint)."""
+        parameters = {name: value.detach() for name, value in self.model.named_parameters()}
+        if self.best_parameters is None:
+            self.best_parameters = {name: value.clone() for name, value in parameters.items()}
+            self.best_val = torch.full_like(val_loss.cpu(), float("inf"))
+            self.best_epoch = torch.full((self.n_copies,), -1, dtype=torch.long)
+        loss = val_loss.detach().cpu()
+        improved = torch.isfinite(loss) & (loss < self.best_val)
+        if not bool(improved.any()):
+            return
+        for name, value in parameters.items():
+            mask = improved.to(value.device).view(-1, *[1] * (value.ndim - 1))
+            self.best_parameters[name] = torch.where(mask, value, self.best_parameters[name])
+        self.best_val = torch.where(improved, loss, self.best_val)
+        self.best_epoch = torch.where(improved, torch.full_like(self.best_epoch, self.current_epoch), self.best_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.is_replicated:
+            return
+        checkpoint["facrnn_copies"] = {
+            "n_copies": self.n_copies,
+            "history": self.copy_history,
+            "best_parameters": self.best_parameters,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "restart_record": self.restart_record,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("facrnn_copies")
+        if state is None or not self.is_replicated:
+            return
+        record = state["restart_record"]
+        if record is not None and self.n_copies != state["n_copies"]:
+            # saved after the restarts' selection: drop the same starts before the weights load
+            restarts = int(record["restarts"])
+            self.kept_copies = [replica * restarts + start for replica, start in enumerate(record["kept_start"])]
+            self.model.keep(self.kept_copies)
+        self.copy_history = state["history"]
+        self.best_parameters, self.best_val, self.best_epoch = state["best_parameters"], state["best_val"], state["best_epoch"]
+        self.restart_record = record
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.loss_terms(batch)
@@ -217,15 +485,29 @@ class FacRNNModule(pl.LightningModule):
             return
         means = self._val_sums / self._val_count
         self._val_sums, self._val_count = None, 0
-        self.log_dict({f"val/{name}": means[i] for i, name in enumerate(LOSS_TERMS)}, prog_bar=False)
+        if self.is_replicated:
+            self.copy_history["val"].append((self.current_epoch, self.global_step, means.detach().cpu()))
+            self._update_best_copies(means[0])
+            means = finite_copy_mean(means)
+        self._publish("val", means)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         # Batches of in-memory tensors already on the device need no per-step traversal.
-        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) and v.device == device for v in batch.values()):
+        batches = batch if isinstance(batch, list) else [batch]
+        if all(
+            isinstance(one, dict) and all(isinstance(v, torch.Tensor) and v.device == device for v in one.values())
+            for one in batches
+        ):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_fit_start(self) -> None:
+        if self.is_replicated and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"model.replicas={self.hparams.replicas}, model.restarts={self.hparams.restarts} with "
+                f"{self.trainer.world_size} processes: batched copies train in one process; expected "
+                "trainer=cpu or trainer=gpu (or replicas=1 restarts=1 under DDP)"
+            )
         # Under DDP every process was seeded alike; give each rank its own posterior noise
         # (a shared draw plus the rank keeps this deterministic, also after a resume).
         if self.trainer.world_size > 1:
@@ -245,4 +527,10 @@ class FacRNNModule(pl.LightningModule):
         return cls.load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True)
 
 
-__all__ = ["FacRNNModule", "LIKELIHOODS", "LOSS_TERMS"]
+def finite_copy_mean(means: torch.Tensor) -> torch.Tensor:
+    """Mean over the copies (last dimension) with a finite value of every term; ``(terms, C) -> (terms,)``."""
+    finite = torch.isfinite(means).all(0)
+    return means[:, finite].mean(-1) if bool(finite.any()) else means.mean(-1)
+
+
+__all__ = ["FacRNNModule", "LIKELIHOODS", "LOSS_TERMS", "finite_copy_mean"]

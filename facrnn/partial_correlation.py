@@ -78,7 +78,8 @@ def _cached_group_mask(group_sizes: tuple[int, ...], dtype: torch.dtype, device:
 
 
 class _MinibatchPartialCorrelation(torch.autograd.Function):
-    """Fused forward and hand-written backward of :func:`partial_correlation_minibatch`.
+    """Fused forward and hand-written backward of :func:`partial_correlation_minibatch`,
+    for ``C`` independent copies at once (``samples``, ``means``: ``(C, n, K)``; value ``(C,)``).
 
     With ``S_g[i, j] = (z_gi . mu_gj - |mu_gj|^2 / 2) / h^2`` (the terms in ``|z_gi|^2`` and the
     normalising constants cancel between joint and marginals) and the shift ``S_g[i, i]``
@@ -93,18 +94,24 @@ class _MinibatchPartialCorrelation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, samples, means, width, mask, n_total):  # type: ignore[override]
         n_groups, latent_dim = mask.shape
-        n = samples.shape[0]
+        n_copies, n = samples.shape[0], samples.shape[1]
         inv_h2 = 1.0 / width**2
-        scaled = samples.unsqueeze(0) * (mask * inv_h2).unsqueeze(1)  # (G, n, K), group g's columns only
-        centre_term = (means * means) @ (mask.T * (-0.5 * inv_h2))  # (n, G)
-        score = torch.baddbmm(centre_term.T.unsqueeze(1), scaled, means.T.expand(n_groups, latent_dim, n))
-        own = score.diagonal(dim1=1, dim2=2).clone()  # (G, n)
-        kernel = score.sub_(own.unsqueeze(-1)).exp_()  # (G, n, n), diagonal exactly 1
-        joint = kernel[0] * kernel[1] if n_groups == 2 else kernel.prod(0)  # (n, n)
+        # (C, G, n, K): group g's columns only; the copies and groups share one batched matmul
+        scaled = samples.unsqueeze(1) * (mask * inv_h2).unsqueeze(1)
+        centre_term = (means * means) @ (mask.T * (-0.5 * inv_h2))  # (C, n, G)
+        centres = means.transpose(1, 2).unsqueeze(1).expand(n_copies, n_groups, latent_dim, n)
+        score = torch.baddbmm(
+            centre_term.transpose(1, 2).reshape(n_copies * n_groups, 1, n),
+            scaled.reshape(n_copies * n_groups, n, latent_dim),
+            centres.reshape(n_copies * n_groups, latent_dim, n),
+        ).view(n_copies, n_groups, n, n)
+        own = score.diagonal(dim1=-2, dim2=-1).clone()  # (C, G, n)
+        kernel = score.sub_(own.unsqueeze(-1)).exp_()  # (C, G, n, n), diagonal exactly 1
+        joint = kernel[:, 0] * kernel[:, 1] if n_groups == 2 else kernel.prod(1)  # (C, n, n)
         weight = (n_total - 1) / (n - 1)
-        marginal_mass = kernel.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (G, n)
-        joint_mass = joint.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (n,)
-        value = (joint_mass.log() - marginal_mass.log().sum(0)).mean() + (n_groups - 1) * math.log(n_total)
+        marginal_mass = kernel.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, G, n)
+        joint_mass = joint.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, n)
+        value = (joint_mass.log() - marginal_mass.log().sum(1)).mean(-1) + (n_groups - 1) * math.log(n_total)
         ctx.save_for_backward(samples, means, mask, kernel, joint, marginal_mass, joint_mass)
         ctx.inv_h2, ctx.weight = inv_h2, weight
         return value
@@ -113,24 +120,31 @@ class _MinibatchPartialCorrelation(torch.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         samples, means, mask, kernel, joint, marginal_mass, joint_mass = ctx.saved_tensors
         n_groups, latent_dim = mask.shape
-        n = samples.shape[0]
+        n_copies, n = samples.shape[0], samples.shape[1]
         weight, inv_h2 = ctx.weight, ctx.inv_h2
-        scale = grad_output / n
-        joint_coef = (scale * weight) / joint_mass  # (n,)
-        marginal_coef = (scale * weight) / marginal_mass  # (G, n)
+        scale = (grad_output / n).view(n_copies, 1)  # (C, 1)
+        joint_coef = (scale * weight) / joint_mass  # (C, n)
+        marginal_coef = (scale.unsqueeze(1) * weight) / marginal_mass  # (C, G, n)
         grad_score = torch.addcmul(
-            (joint * joint_coef.unsqueeze(-1)).unsqueeze(0), kernel, marginal_coef.unsqueeze(-1), value=-1.0
-        )  # (G, n, n)
+            (joint * joint_coef.unsqueeze(-1)).unsqueeze(1), kernel, marginal_coef.unsqueeze(-1), value=-1.0
+        )  # (C, G, n, n)
         # The diagonal weight is 1, not w.
-        grad_score.diagonal(dim1=1, dim2=2).add_((scale * (1.0 - weight)) * (1.0 / joint_mass - 1.0 / marginal_mass))
+        grad_score.diagonal(dim1=-2, dim2=-1).add_(
+            (scale.unsqueeze(1) * (1.0 - weight)) * (1.0 / joint_mass.unsqueeze(1) - 1.0 / marginal_mass)
+        )
         group_columns = (mask * inv_h2).unsqueeze(1)  # (G, 1, K)
+        flat_grad = grad_score.view(n_copies * n_groups, n, n)
+
+        def per_group(values: torch.Tensor) -> torch.Tensor:  # (C, n, K) -> (C * G, n, K)
+            return values.unsqueeze(1).expand(n_copies, n_groups, n, latent_dim).reshape(n_copies * n_groups, n, latent_dim)
+
         grad_samples = grad_means = None
         if ctx.needs_input_grad[0]:
-            grad_samples = (torch.bmm(grad_score, means.expand(n_groups, n, latent_dim)) * group_columns).sum(0)
+            grad_samples = (torch.bmm(flat_grad, per_group(means)).view(n_copies, n_groups, n, latent_dim) * group_columns).sum(1)
         if ctx.needs_input_grad[1]:
-            cross = torch.bmm(grad_score.transpose(1, 2), samples.expand(n_groups, n, latent_dim))  # (G, n, K)
-            column_sums = grad_score.sum(1).unsqueeze(-1)  # (G, n, 1)
-            grad_means = ((cross - column_sums * means.unsqueeze(0)) * group_columns).sum(0)
+            cross = torch.bmm(flat_grad.transpose(1, 2), per_group(samples)).view(n_copies, n_groups, n, latent_dim)
+            column_sums = grad_score.sum(-2).unsqueeze(-1)  # (C, G, n, 1)
+            grad_means = ((cross - column_sums * means.unsqueeze(1)) * group_columns).sum(1)
         return grad_samples, grad_means, None, None, None
 
 
@@ -151,9 +165,10 @@ def partial_correlation_minibatch(
 
     Parameters
     ----------
-    samples : (n, K) tensor
-        Posterior samples ``z_i = mu_i + h eps_i`` of the batch.
-    means : (n, K) tensor
+    samples : (n, K) or (C, n, K) tensor
+        Posterior samples ``z_i = mu_i + h eps_i`` of the batch; with a leading dimension,
+        the batches of ``C`` independent model copies (``model.replicas``), estimated at once.
+    means : tensor of the same shape
         Posterior means ``mu_j`` of the same batch (the kernel centres).
     width : float
         Posterior width ``h``.
@@ -164,14 +179,16 @@ def partial_correlation_minibatch(
 
     Returns
     -------
-    scalar tensor
+    scalar tensor, or (C,) for batched copies
         ``mean_i [log q(z_i) - sum_g log q(z_{g,i})]`` with weights ``w_ii = 1`` and
         ``w_ij = (M - 1) / (n - 1)`` for ``j != i``. Differentiable.
     """
-    n = samples.shape[0]
+    n = samples.shape[-2]
     if len(group_sizes) == 1 or n < 2:
-        return samples.new_zeros(())
+        return samples.new_zeros(samples.shape[:-2])
     mask = group_mask(group_sizes, samples.dtype, samples.device)
+    if samples.ndim == 2:
+        return _MinibatchPartialCorrelation.apply(samples.unsqueeze(0), means.unsqueeze(0), float(width), mask, int(n_total))[0]
     return _MinibatchPartialCorrelation.apply(samples, means, float(width), mask, int(n_total))
 
 

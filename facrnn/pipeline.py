@@ -17,6 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.base import RecordingDataModule
+from facrnn.checkpoints import CheckpointNotFoundError, load_checkpoint
+from facrnn.config_checks import check_train_config
+from facrnn.errors import ConfigError
+from facrnn.faults import raise_if_interrupted
 from facrnn.module import FacRNNModule
 from facrnn.resume import prepare_resume
 
@@ -48,11 +52,28 @@ def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
     return datamodule
 
 
-def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule) -> FacRNNModule:
+def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, seed: int | None = None) -> FacRNNModule:
     """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data."""
+    extra = {} if seed is None else {"seed": int(seed)}
     return hydra.utils.instantiate(
-        model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all"
+        model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all", **extra
     )
+
+
+def configure_copies(module: FacRNNModule, datamodule: RecordingDataModule, callbacks: list[Any], cfg: DictConfig, run_dir: Path) -> None:
+    """Hand the datamodule its batching (``batches_per_call``) and, for batched model copies,
+    one shuffling seed per copy; keep the copies' training checkpoints in ``checkpoints/copies``."""
+    from facrnn.replica_runs import COPIES_CHECKPOINT_DIR
+    from facrnn.replicas import copy_seed
+
+    copy_seeds = None
+    if module.is_replicated:
+        restarts = int(module.hparams.restarts)
+        copy_seeds = [copy_seed(int(cfg.seed), copy // restarts, copy % restarts) for copy in range(module.n_copies)]
+        for callback in callbacks:
+            if isinstance(callback, pl.callbacks.ModelCheckpoint):
+                callback.dirpath = str(run_dir / COPIES_CHECKPOINT_DIR)
+    datamodule.configure_training(batches_per_call=int(cfg.get("batches_per_call", 0)), copy_seeds=copy_seeds)
 
 
 def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:
@@ -70,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dict with ``run_dir``, ``wall_time_s``, ``callback_metrics`` (the last logged value of
     every training/validation metric) and, after evaluation, ``metrics``.
     """
+    check_train_config(cfg)  # before any data is loaded (facrnn/config_checks.py)
     started = time.perf_counter()
     quiet_known_warnings()
     torch.set_num_threads(int(cfg.threads))
@@ -80,8 +102,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = instantiate_datamodule(cfg.datamodule)
-    module = instantiate_module(cfg.model, datamodule)
+    module = instantiate_module(cfg.model, datamodule, seed=int(cfg.seed))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    configure_copies(module, datamodule, callbacks, cfg, run_dir)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
@@ -89,17 +112,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("training %s (group sizes %s) in %s", cfg.model.name, module.group_sizes, run_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (SystemExit, KeyboardInterrupt):  # SIGTERM / Ctrl-C: last.ckpt saved by facrnn.faults.InterruptCheckpoint
+        raise_if_interrupted(callbacks, run_dir)
+        raise
     finally:
         finish_wandb(loggers)
     result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
     result["callback_metrics"] = {
         name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
     }
+    run_dirs = [run_dir]
+    if module.is_replicated and trainer.is_global_zero:
+        from facrnn.replica_runs import export_copies
+
+        run_dirs = export_copies(module, cfg, run_dir)
+        result["replica_run_dirs"] = [str(path) for path in run_dirs]
     # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
     if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
-        result["metrics"] = evaluate_run(run_dir, datamodule=datamodule).metrics
+        evaluated = {str(path): evaluate_run(path, datamodule=datamodule).metrics for path in run_dirs}
+        result["metrics"] = evaluated[str(run_dirs[0])] if len(run_dirs) == 1 else mean_metrics(list(evaluated.values()))
+        if len(run_dirs) > 1:
+            result["replica_metrics"] = evaluated
     result["wall_time_s"] = time.perf_counter() - started
     return result
+
+
+def mean_metrics(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of every numeric metric over several runs (the replicas of one configuration)."""
+    names = [name for name, value in metrics[0].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    means = {}
+    for name in names:
+        values = [float(entry[name]) for entry in metrics if name in entry]
+        means[name] = sum(values) / len(values)
+    return means
 
 
 def quiet_known_warnings() -> None:
@@ -125,7 +170,7 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         path = Path(which)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint={which}: not a file; expected best, last or a .ckpt path")
+            raise CheckpointNotFoundError(f"checkpoint={which}: not a file; expected best, last or a .ckpt path")
         return path
     candidates = [run_dir / "checkpoints" / f"{which}.ckpt"]
     if which == "best":
@@ -133,7 +178,10 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{run_dir}/checkpoints: no {which}.ckpt; expected a run directory written by train.py")
+    raise CheckpointNotFoundError(
+        f"{run_dir}/checkpoints: no {' or '.join(path.name for path in candidates)} (training stopped before its "
+        "first checkpoint?); expected a run directory written by train.py: re-train, or pass checkpoint=PATH"
+    )
 
 
 def evaluate_run(
@@ -159,14 +207,16 @@ def evaluate_run(
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py")
+        raise CheckpointNotFoundError(
+            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
+        )
     cfg = OmegaConf.load(config_path)
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
+    module = load_checkpoint(checkpoint_path)
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg.datamodule)
     if split not in datamodule.splits:
-        raise ValueError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
-    checkpoint_path = find_checkpoint(run_dir, checkpoint)
-    module = FacRNNModule.load(str(checkpoint_path))
+        raise ConfigError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
     evaluation = evaluate_model(
         module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
         history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,

@@ -188,8 +188,8 @@ def evaluate_posthoc(
     (Evaluation, LowRankRNN)
         The scores and the transformed model.
     """
+    from facrnn.checkpoints import CheckpointNotFoundError, load_checkpoint
     from facrnn.evaluation import evaluate_model
-    from facrnn.module import FacRNNModule
     from facrnn.pipeline import CONFIG_FILE, METRICS_FILE, find_checkpoint, instantiate_datamodule, write_figures
     from omegaconf import OmegaConf
 
@@ -198,11 +198,13 @@ def evaluate_posthoc(
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py")
+        raise CheckpointNotFoundError(
+            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
+        )
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
+    module = load_checkpoint(checkpoint_path)
     if datamodule is None:
         datamodule = instantiate_datamodule(OmegaConf.load(config_path).datamodule)
-    checkpoint_path = find_checkpoint(run_dir, checkpoint)
-    module = FacRNNModule.load(str(checkpoint_path))
     model = module.model
     model.eval()
     transformed = posthoc_model(

@@ -19,7 +19,9 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 WANDB_ID_FILE = "wandb_id.txt"
 
 
-def resolve_checkpoint(ckpt_path: str | None, resume: bool, run_dir: Path) -> str | None:
+def resolve_checkpoint(
+    ckpt_path: str | None, resume: bool, run_dir: Path, last_checkpoint: Path = LAST_CHECKPOINT
+) -> str | None:
     """The checkpoint ``trainer.fit`` continues from, or None to start fresh.
 
     Parameters
@@ -30,6 +32,9 @@ def resolve_checkpoint(ckpt_path: str | None, resume: bool, run_dir: Path) -> st
         The same as ``ckpt_path=last``.
     run_dir : Path
         This run's directory.
+    last_checkpoint : Path
+        Where ``last`` is, relative to ``run_dir`` (batched copies keep their training state
+        in ``checkpoints/copies/``).
 
     Returns
     -------
@@ -42,7 +47,7 @@ def resolve_checkpoint(ckpt_path: str | None, resume: bool, run_dir: Path) -> st
     if ckpt_path is None and not resume:
         return None
     if ckpt_path in (None, "last"):
-        last = run_dir / LAST_CHECKPOINT
+        last = run_dir / last_checkpoint
         if last.is_file():
             log.info("resuming from %s", last)
             return str(last)
@@ -76,7 +81,9 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     -------
     The checkpoint path for ``trainer.fit`` (None: start fresh).
     """
-    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume", False)), run_dir)
+    copies = int(cfg.model.get("replicas", 1)) * int(cfg.model.get("restarts", 1))
+    last_checkpoint = Path("checkpoints") / "copies" / "last.ckpt" if copies > 1 else LAST_CHECKPOINT
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume", False)), run_dir, last_checkpoint)
     for entry in (cfg.get("logger") or {}).values():
         if entry and str(entry.get("_target_", "")).endswith("WandbLogger"):
             with open_dict(entry):

@@ -211,14 +211,18 @@ def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, data_cache: str) -> None:
-    # 6 epochs of 4 batches, last.ckpt written at every 2nd epoch's validation.
+@pytest.mark.parametrize("batches_per_call, kill_batch", [(1, 2), (0, 0)], ids=["per-batch", "whole-epoch"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(
+    tmp_path: Path, data_cache: str, batches_per_call: int, kill_batch: int
+) -> None:
+    # 6 epochs of 4 batches (one training_step per batch, or one per epoch), last.ckpt
+    # written at every 2nd epoch's validation.
     settings = [*QUICK, "logger=csv", f"paths.cache_dir={data_cache}", "trainer.max_epochs=6",
-                "trainer.check_val_every_n_epoch=2", "evaluate=false", "seed=5"]
+                "trainer.check_val_every_n_epoch=2", "evaluate=false", "seed=5", f"batches_per_call={batches_per_call}"]
     killed_dir = tmp_path / "killed"
     killed = run_train(
         [*settings, f"hydra.run.dir={killed_dir}", "+callbacks.kill._target_=tests.scale_helpers.KillProcess",
-         "+callbacks.kill.epoch=4", "+callbacks.kill.batch=2"],
+         "+callbacks.kill.epoch=4", f"+callbacks.kill.batch={kill_batch}"],
         tmp_path,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]  # killed mid-way through epoch 5

@@ -1,0 +1,357 @@
+"""Checks and opt-in repairs shared by every data loader (issue 7, docs/errors.md).
+
+Every check raises :class:`~facrnn.errors.DataError` (or
+:class:`~facrnn.errors.DataFileNotFoundError`) with a one- or two-line message that starts
+with the file (or config key) at fault and ends with what was expected. Arrays are
+checked in the canonical ``(trials, time, channels)`` layout unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from facrnn.errors import ConfigError, DataError, DataFileNotFoundError, FacRNNError
+
+log = logging.getLogger(__name__)
+
+NAN_POLICIES = ("error", "drop", "interpolate")
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+CONVERT_COMMAND = "python -m datamodules.convert"
+MIN_BINS = 2  # the encoder reads the previous bin
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def check_nan_policy(nan_policy: str) -> str:
+    """Return ``nan_policy`` if it is one of :data:`NAN_POLICIES`, else raise ``ConfigError``."""
+    if nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"datamodule.nan_policy={nan_policy!r}: expected one of {list(NAN_POLICIES)}")
+    return nan_policy
+
+
+def check_data_file(path: str | Path, suffixes: Sequence[str]) -> Path:
+    """The path of an existing, readable data file with one of ``suffixes``.
+
+    Raises
+    ------
+    DataFileNotFoundError
+        The file does not exist.
+    DataError
+        A pickle, another unsupported extension, a directory or an unreadable file.
+    """
+    path = Path(path)
+    expected = " or ".join(suffixes)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise DataError(
+            f"{path}: pickle files are never loaded (they can run code); expected {expected}, "
+            f"e.g. from `{CONVERT_COMMAND} {path} {path.with_suffix('.h5')}`"
+        )
+    if suffix not in suffixes:
+        raise DataError(f"{path}: unsupported extension {suffix or '(none)'!r}; expected one of {list(suffixes)}")
+    if not path.exists():
+        raise DataFileNotFoundError(f"{path}: file not found; expected an existing {expected} file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file (a directory?); expected a readable {expected} file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied; expected a readable {expected} file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected a complete {expected} file")
+    return path
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, kind: str) -> Iterator[None]:
+    """Turn any low-level error raised while parsing ``path`` into a ``DataError`` naming it.
+
+    Used around the calls into h5py / numpy / pynwb only: a truncated or corrupted file can
+    make those raise almost any exception type (``OSError``, ``KeyError``, ``zipfile.BadZipFile``,
+    ``MemoryError`` for a corrupted shape, ...). The project's own errors pass through.
+    """
+    try:
+        yield
+    except FacRNNError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the boundary to untrusted files
+        detail = " ".join(str(error).split())[:200] or "no detail"
+        raise DataError(
+            f"{path}: cannot be read as {kind} ({type(error).__name__}: {detail}); "
+            f"expected a valid, complete {kind} file"
+        ) from error
+
+
+# ---------------------------------------------------------------------------- arrays
+
+
+def numeric_array(value: object, name: str, where: str) -> np.ndarray:
+    """``value`` as a real-valued array: booleans, integers and floats pass; anything else raises.
+
+    Raises
+    ------
+    DataError
+        Complex numbers, strings, bytes, objects, structured records, dates.
+    """
+    array = np.asarray(value)
+    kind = array.dtype.kind
+    if kind == "c":
+        raise DataError(f"{where}: '{name}' has complex dtype {array.dtype}; expected real numbers")
+    if kind not in "biuf":
+        raise DataError(f"{where}: '{name}' has dtype {array.dtype} (not numbers); expected real numbers (float, int or bool)")
+    return array
+
+
+def check_ndim(array: np.ndarray, name: str, where: str, ndims: Sequence[int], layout: str) -> np.ndarray:
+    """Raise unless ``array.ndim`` is one of ``ndims``; ``layout`` describes the expected axes."""
+    if array.ndim not in tuple(ndims):
+        raise DataError(f"{where}: '{name}' has {array.ndim} dimensions, shape {array.shape}; expected {layout}")
+    return array
+
+
+def check_not_empty(array: np.ndarray, name: str, where: str, layout: str) -> np.ndarray:
+    """Raise if ``array`` has no element."""
+    if array.size == 0:
+        raise DataError(f"{where}: '{name}' is empty (shape {array.shape}); expected at least one value along every axis of {layout}")
+    return array
+
+
+def check_same_leading(
+    first: np.ndarray, first_name: str, second: np.ndarray, second_name: str, where: str, n_axes: int, axes: str
+) -> None:
+    """Raise unless the first ``n_axes`` dimensions of two arrays agree, naming both."""
+    if first.ndim < n_axes or second.ndim < n_axes or first.shape[:n_axes] != second.shape[:n_axes]:
+        raise DataError(
+            f"{where}: '{second_name}' has shape {second.shape} but '{first_name}' has shape {first.shape}; "
+            f"expected the same {axes} in both"
+        )
+
+
+def non_finite_message(
+    array: np.ndarray,
+    name: str,
+    where: str,
+    axes: Sequence[str] = ("trial", "bin", "channel"),
+    repairable: bool = True,
+) -> str | None:
+    """A message naming how many values of ``array`` are NaN/Inf and where the first is; None if all finite.
+
+    ``repairable``: whether ``datamodule.nan_policy`` applies to this array (it is named as
+    the alternative then).
+    """
+    bad = ~np.isfinite(array)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    first = np.unravel_index(int(np.argmax(bad.ravel())), array.shape)
+    position = ", ".join(f"{axis} {int(index)}" for axis, index in zip(axes, first))
+    n_nan = int(np.isnan(array).sum())
+    return (
+        f"{where}: '{name}' holds {n_bad} NaN/Inf values ({n_nan} NaN, {n_bad - n_nan} Inf; first at {position}); "
+        + ("expected finite values, or datamodule.nan_policy=drop|interpolate" if repairable else "expected finite values")
+    )
+
+
+def check_finite(
+    array: np.ndarray,
+    name: str,
+    where: str,
+    axes: Sequence[str] = ("trial", "bin", "channel"),
+    repairable: bool = True,
+) -> None:
+    """Raise ``DataError`` with the count and first position of NaN/Inf values in ``array``."""
+    message = non_finite_message(array, name, where, axes, repairable)
+    if message:
+        raise DataError(message)
+
+
+def check_trial_length(n_bins: int, where: str) -> None:
+    """Raise if a trial (or the recording) has fewer than :data:`MIN_BINS` time bins."""
+    if n_bins < MIN_BINS:
+        raise DataError(
+            f"{where}: trials have {n_bins} time bin(s); expected at least {MIN_BINS} "
+            "(the encoder reads each bin's previous bin)"
+        )
+
+
+def warn_if_axes_swapped(shape: tuple[int, ...], name: str, where: str) -> bool:
+    """Log a warning when one long ``(time, channels)`` recording has more channels than bins.
+
+    Returns
+    -------
+    bool
+        Whether the warning was logged.
+    """
+    n_bins, n_channels = shape[-2], shape[-1]
+    if n_channels > n_bins:
+        log.warning(
+            "%s: '%s' has shape %s, more channels (%d) than time bins (%d); are the axes swapped? "
+            "Expected (time, channels)",
+            where, name, tuple(shape), n_channels, n_bins,
+        )
+        return True
+    return False
+
+
+def integer_labels(value: object, name: str, where: str, length: int | None = None, minimum: int = 0) -> np.ndarray:
+    """A 1-D int64 array of finite whole numbers ``>= minimum`` (labels, group sizes)."""
+    array = numeric_array(value, name, where)
+    if length is not None and array.ravel().shape != (length,):
+        raise DataError(f"{where}: '{name}' has shape {array.shape}; expected one value per trial ({length},)")
+    array = array.ravel()
+    as_float = array.astype(np.float64)
+    if not np.isfinite(as_float).all() or np.any(as_float != np.round(as_float)) or np.any(as_float < minimum):
+        shown = f"{array[:8].tolist()} (first 8 values)" if array.size > 8 else f"{array.tolist()}"
+        raise DataError(f"{where}: '{name}' holds {shown}; expected whole numbers >= {minimum}")
+    return as_float.astype(np.int64)
+
+
+def positive_scalar(value: object, name: str, where: str) -> float:
+    """A single finite positive number (e.g. a frame rate)."""
+    array = numeric_array(value, name, where)
+    if array.size != 1 or not np.isfinite(array.astype(np.float64)).all() or float(array.ravel()[0]) <= 0:
+        raise DataError(f"{where}: '{name}' is {array.ravel()[:4].tolist()} with shape {array.shape}; expected one positive number")
+    return float(array.ravel()[0])
+
+
+# ------------------------------------------------------------------------ NaN policy
+
+
+def _interpolate_along_time(values: np.ndarray, name: str, where: str) -> tuple[np.ndarray, int]:
+    """Linear interpolation of non-finite values along axis 1 of ``(trials, T, C)``, per trial and channel.
+
+    Values before the first (after the last) finite bin take the first (last) finite value.
+    """
+    values = np.array(values, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return values, 0
+    bins = np.arange(values.shape[1])
+    for trial, channel in zip(*np.nonzero(bad.any(axis=1))):
+        column = values[trial, :, channel]
+        good = ~bad[trial, :, channel]
+        if not good.any():
+            raise DataError(
+                f"{where}: '{name}' trial {trial}, channel {channel} has no finite value to interpolate from; "
+                "expected datamodule.nan_policy=drop or at least one finite bin per trial and channel"
+            )
+        column[~good] = np.interp(bins[~good], bins[good], column[good])
+    return values, n_bad
+
+
+def apply_nan_policy(
+    arrays: Mapping[str, np.ndarray | None],
+    policy: str,
+    where: str,
+    single_sequence: bool,
+) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
+    """Check or repair non-finite values in per-bin arrays ``(trials, T, ...)``.
+
+    Parameters
+    ----------
+    arrays : mapping name -> (trials, T, C) array or None
+        Arrays sharing the ``(trials, T)`` axes (``x``, inputs, latents, behaviour).
+    policy : {"error", "drop", "interpolate"}
+        ``error``: raise naming the first array with NaN/Inf, how many and where.
+        ``drop``: drop the affected bins of one long recording (the segments around them
+        are joined), or the affected trials of trial data. ``interpolate``: linear
+        interpolation along time per trial and channel. Both repairs log how many values
+        they changed.
+    where : str
+        The file, for messages.
+    single_sequence : bool
+        One long recording (drop bins) rather than trials (drop trials).
+
+    Returns
+    -------
+    arrays : dict
+        The checked or repaired arrays (float64 where repaired).
+    kept_trials : (trials kept,) int64 array
+        Indices of the trials kept (all of them unless trials were dropped).
+    """
+    check_nan_policy(policy)
+    present = {name: value for name, value in arrays.items() if value is not None}
+    n_trials = next(iter(present.values())).shape[0] if present else 0
+    kept_trials = np.arange(n_trials)
+    bad_bins = {name: ~np.isfinite(value).reshape(*value.shape[:2], -1).all(axis=-1) for name, value in present.items()}
+    if not any(mask.any() for mask in bad_bins.values()):
+        return dict(arrays), kept_trials
+    if policy == "error":
+        for name, value in present.items():
+            check_finite(value, name, where)
+    result: dict[str, np.ndarray | None] = dict(arrays)
+    if policy == "interpolate":
+        total = 0
+        for name, value in present.items():
+            result[name], n_fixed = _interpolate_along_time(value, name, where)
+            total += n_fixed
+        log.warning("%s: nan_policy=interpolate filled %d NaN/Inf values by linear interpolation along time", where, total)
+        return result, kept_trials
+    any_bad = np.logical_or.reduce(list(bad_bins.values()))
+    if single_sequence:
+        keep_bins = ~any_bad[0]
+        if keep_bins.sum() < MIN_BINS:
+            raise DataError(
+                f"{where}: nan_policy=drop leaves {int(keep_bins.sum())} of {keep_bins.size} bins; "
+                f"expected at least {MIN_BINS} bins with finite values"
+            )
+        for name, value in present.items():
+            result[name] = value[:, keep_bins]
+        log.warning("%s: nan_policy=drop removed %d of %d bins holding NaN/Inf", where, int((~keep_bins).sum()), keep_bins.size)
+        return result, kept_trials
+    keep = ~any_bad.any(axis=1)
+    if not keep.any():
+        raise DataError(f"{where}: nan_policy=drop would remove all {n_trials} trials; expected some trials with finite values")
+    for name, value in present.items():
+        result[name] = value[keep]
+    log.warning("%s: nan_policy=drop removed %d of %d trials holding NaN/Inf", where, int((~keep).sum()), n_trials)
+    return result, kept_trials[keep]
+
+
+# ------------------------------------------------------------------ constant channels
+
+
+def constant_channels(x: np.ndarray) -> np.ndarray:
+    """Boolean ``(channels,)``: channels of ``(trials, T, channels)`` with zero variance over all bins."""
+    flat = np.asarray(x).reshape(-1, x.shape[-1])
+    return np.all(flat == flat[:1], axis=0)
+
+
+def check_some_variance(x: np.ndarray, name: str, where: str) -> np.ndarray:
+    """Boolean mask of the channels that vary; ``DataError`` if none does."""
+    constant = constant_channels(x)
+    if constant.all():
+        raise DataError(
+            f"{where}: all {constant.size} channels of '{name}' have zero variance; "
+            "expected at least one channel whose activity varies"
+        )
+    return ~constant
+
+
+__all__ = [
+    "CONVERT_COMMAND",
+    "MIN_BINS",
+    "NAN_POLICIES",
+    "apply_nan_policy",
+    "check_data_file",
+    "check_finite",
+    "check_nan_policy",
+    "check_ndim",
+    "check_not_empty",
+    "check_same_leading",
+    "check_some_variance",
+    "check_trial_length",
+    "constant_channels",
+    "integer_labels",
+    "non_finite_message",
+    "numeric_array",
+    "positive_scalar",
+    "reading",
+    "warn_if_axes_swapped",
+]
