@@ -3,7 +3,7 @@ way a checkpoint can be unusable: missing, truncated or partially written, refus
 ``torch.load(weights_only=True)`` (it holds arbitrary pickled objects), or written by an
 incompatible version (hyper-parameters or weights that no longer fit the model).
 
-Messages start with the file and end with what was expected (docs/errors_training.md).
+Messages start with the file and end with what was expected (docs/errors.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """How ``train.py`` and ``evaluate.py`` end on an anticipated failure: one line on stderr, no
-traceback, a non-zero exit status (docs/errors_training.md).
+traceback, a non-zero exit status (docs/errors.md).
 
 * a :class:`~facrnn.errors.FacRNNError` (also when Hydra's ``instantiate`` wrapped it):
   ``error: <message>``, exit status 1;

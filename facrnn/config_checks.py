@@ -4,7 +4,7 @@
 :func:`check_evaluate_config` (``evaluate.py``) raise :class:`~facrnn.errors.ConfigError`
 with a one-line message that starts with the key at fault (``model.beta=-1.0: ...``) and
 ends with what was expected. Unknown config *group* options (``model=foo``) are reported by
-Hydra itself, with the available options listed. See docs/errors_training.md.
+Hydra itself, with the available options listed. See docs/errors.md.
 """
 
 from __future__ import annotations
@@ -105,6 +105,18 @@ def check_model_config(cfg: DictConfig) -> list[int]:
     require_positive(cfg, "model.history", "the number of encoder history lags", integer=True)
     require_positive(cfg, "model.hidden_dim", "the hidden width of the MLP encoder/decoder", integer=True)
     require_positive(cfg, "model.width_samples", "the M of the posterior width, or null", integer=True, optional=True)
+    require_positive(cfg, "model.replicas", "the number of seeds trained at once", integer=True)
+    require_positive(cfg, "model.restarts", "the number of starts per seed", integer=True)
+    require_positive(cfg, "model.restart_epochs", "the epochs before the restarts' selection, or null", integer=True, optional=True)
+    require_non_negative(cfg, "model.beta_warmup_epochs", "the epochs of the beta ramp (0: off)")
+    require_non_negative(cfg, "model.nonfinite_skip_limit", "the non-finite batches to skip (0: stop at the first)")
+    copies = (_value(cfg, "model.replicas") or 1) * (_value(cfg, "model.restarts") or 1)
+    if copies > 1 and "mlp" in (_value(cfg, "model.encoder"), _value(cfg, "model.decoder")):
+        raise ConfigError(
+            f"model.replicas={_value(cfg, 'model.replicas')}, model.restarts={_value(cfg, 'model.restarts')} with an "
+            "MLP encoder/decoder: copies are batched for the linear low-rank RNN only; expected "
+            "model.encoder=linear model.decoder=linear (or one copy)"
+        )
     require_choice(cfg, "model.likelihood", LIKELIHOODS)
     require_choice(cfg, "model.link", LINKS)
     require_choice(cfg, "model.encoder", PROJECTIONS)

@@ -12,7 +12,7 @@ SIGTERM (SLURM pre-emption) or Ctrl-C that saves ``checkpoints/last.ckpt`` first
   :func:`facrnn.pipeline.train`) turns the exit into a :class:`TrainingInterrupted` whose
   one-line message says where the checkpoint is and how to continue.
 
-See docs/errors_training.md.
+See docs/errors.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from facrnn.errors import ConfigError
 from facrnn.grouping import padded_group_index
 from facrnn.model import LowRankRNN
 
@@ -51,7 +52,7 @@ class ReplicatedLowRankRNN(nn.Module):
             raise ValueError("ReplicatedLowRankRNN: expected at least one model copy")
         first = models[0]
         if not all(model.is_linear for model in models):
-            raise ValueError(
+            raise ConfigError(
                 "model.replicas/model.restarts > 1 with an MLP encoder or decoder: copies are batched "
                 "for the linear low-rank RNN only; expected model.encoder=linear model.decoder=linear"
             )

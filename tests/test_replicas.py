@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from facrnn.compare import discover_runs
-from facrnn.errors import TrainingFaultError
+from facrnn.errors import ConfigError, TrainingFaultError
 from facrnn.losses import gaussian_kl, gaussian_nll, overlap_penalty, poisson_nll
 from facrnn.model import LowRankRNN
 from facrnn.module import FacRNNModule
@@ -101,6 +101,15 @@ def test_one_copys_loss_moves_only_its_own_weights(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(terms[name][2], value, msg=name)
 
 
+@pytest.mark.robustness
+def test_bad_copy_settings_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^model.replicas=0: expected an integer >= 1$"):
+        FacRNNModule(n_neurons=5, n_train=100, replicas=0)
+    with pytest.raises(ValueError, match="MLP encoder or decoder.*expected model.encoder=linear model.decoder=linear"):
+        FacRNNModule(n_neurons=5, n_train=100, restarts=2, encoder="mlp")
+
+
+@pytest.mark.robustness
 def test_select_starts_keeps_the_lowest_objective_of_each_replica() -> None:
     objectives = torch.tensor([[5.0, 3.0, 4.0], [float("nan"), 9.0, 1.0]])
     assert select_starts(objectives) == [1, 5]
@@ -240,6 +249,7 @@ class PoisonOneBatch(pl.Callback):
             first["x"][0, 0] = float("nan")
 
 
+@pytest.mark.robustness
 def test_nonfinite_loss_stops_with_step_term_and_intact_checkpoint(tmp_path: Path, data_cache: str) -> None:
     poison = ["+callbacks.poison._target_=tests.test_replicas.PoisonWeights", "+callbacks.poison.epoch=3"]
     with pytest.raises(TrainingFaultError) as error:
@@ -253,6 +263,7 @@ def test_nonfinite_loss_stops_with_step_term_and_intact_checkpoint(tmp_path: Pat
     assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
 
 
+@pytest.mark.robustness
 def test_nonfinite_batches_are_skipped_up_to_the_limit(tmp_path: Path, data_cache: str) -> None:
     poison = ["+callbacks.poison._target_=tests.test_replicas.PoisonOneBatch", "+callbacks.poison.epoch=2"]
     run(tmp_path, data_cache, "trainer.max_epochs=4", "model.nonfinite_skip_limit=1", *poison)

@@ -1,7 +1,7 @@
 """Issue 7, training faults and config errors: atomic checkpoint writes, SIGTERM / Ctrl-C,
 unusable checkpoints, config checks before any data loading, one-line CLI errors.
 
-Every case is a row of docs/errors_training.md.
+Every case is a row of docs/errors.md.
 """
 
 from __future__ import annotations
@@ -289,6 +289,10 @@ CONFIG_ERRORS = [
     (["model.alpha=1", "model.encoder=mlp"],
      "model.alpha=1 with an MLP encoder/decoder: the overlap penalty needs W = B A; expected model.alpha=0 or "
      "model.encoder=linear model.decoder=linear"),
+    (["model.replicas=0"], "model.replicas=0: expected the number of seeds trained at once (a positive integer)"),
+    (["model.restarts=2", "model.decoder=mlp"],
+     "model.replicas=1, model.restarts=2 with an MLP encoder/decoder: copies are batched for the linear low-rank RNN "
+     "only; expected model.encoder=linear model.decoder=linear (or one copy)"),
     (["datamodule.n_steps=400", "model.history=400"],
      "model.history=400: datamodule.n_steps=400 gives trials of 400 bins; expected fewer history lags than bins per "
      "trial (at most 399)"),
