@@ -66,7 +66,7 @@ def bare_loop(module: Any, train_tensors: dict[str, torch.Tensor], batch_size: i
     for _ in range(n_epochs):
         for indices in torch.randperm(n_samples).split(batch_size):
             batch = {key: value[indices] for key, value in train_tensors.items()}
-            loss = module.loss_terms(batch)["loss"]
+            loss = module.loss_terms(batch)["loss"].sum()  # batched copies: one loss per copy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

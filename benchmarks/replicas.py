@@ -27,6 +27,7 @@ from omegaconf import open_dict
 
 from benchmarks.common import compose_train_config, machine_description, median, print_table
 from facrnn.pipeline import instantiate_datamodule, train
+from facrnn.runtime import training_threads
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,7 +71,7 @@ def main() -> None:
     print(f"machine: {machine_description()}")
     print(f"config: {' '.join(overrides)}; runs in {workdir}")
     warm = compose_train_config(overrides, workdir / "warm")
-    torch.set_num_threads(int(warm.threads))
+    torch.set_num_threads(training_threads(warm.threads, 1))
     instantiate_datamodule(warm.datamodule)  # fit the teacher / fill the data cache outside the timings
 
     plain_seconds, plain_dirs = [], []

@@ -23,6 +23,7 @@ from omegaconf import open_dict
 
 from benchmarks.common import FitTimer, bare_loop, compose_train_config, machine_description, median, print_table
 from facrnn.pipeline import instantiate_datamodule, instantiate_module, train
+from facrnn.runtime import training_threads
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +59,7 @@ def main() -> None:
 
     # Warm the data cache (teacher fit on first use) outside the measurements.
     warm_cfg = compose_train_config(overrides, workdir / "warm")
-    torch.set_num_threads(int(warm_cfg.threads))
+    torch.set_num_threads(training_threads(warm_cfg.threads, 1))
     datamodule = instantiate_datamodule(warm_cfg.datamodule)
     train_tensors = datamodule.split_tensors("train")
     batch_size = datamodule.batch_size
@@ -74,7 +75,8 @@ def main() -> None:
         fit = FitTimer.last
         pipeline_rows.append({"total_s": total, "fit_s": fit["fit_s"], "steps": int(fit["steps"])})
 
-        torch.set_num_threads(int(cfg.threads))
+        copies = int(cfg.model.replicas) * int(cfg.model.restarts)
+        torch.set_num_threads(training_threads(cfg.threads, copies))
         pl.seed_everything(repeat, verbose=False)
         module = instantiate_module(cfg.model, datamodule)
         seconds, steps = bare_loop(module, train_tensors, batch_size, args.epochs)

@@ -203,7 +203,7 @@ def check_train_config(cfg: DictConfig) -> None:
         ``ckpt_path`` names a file that does not exist.
     """
     check_missing_values(cfg, ("model", "datamodule", "trainer"))
-    require_positive(cfg, "threads", "the number of torch threads", integer=True)
+    require_positive(cfg, "threads", "the number of torch threads, or null", integer=True, optional=True)
     if not _is_integer(_value(cfg, "seed")):
         raise ConfigError(f"seed={_value(cfg, 'seed')!r}: expected an integer")
     check_model_config(cfg)
@@ -225,7 +225,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     require_choice(cfg, "split", EVALUATION_SPLITS)
     require_positive(cfg, "n_mc", "the number of posterior samples per point", integer=True)
     require_positive(cfg, "rollout_steps", "the longest rollout horizon k", integer=True, optional=True)
-    require_positive(cfg, "threads", "the number of torch threads", integer=True)
+    require_positive(cfg, "threads", "the number of torch threads, or null", integer=True, optional=True)
     if _value(cfg, "posthoc") is not None:
         require_choice(cfg, "posthoc", POSTHOC_KINDS)
     checkpoint = _value(cfg, "checkpoint")

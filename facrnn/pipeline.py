@@ -23,6 +23,7 @@ from facrnn.errors import ConfigError
 from facrnn.faults import raise_if_interrupted
 from facrnn.module import FacRNNModule
 from facrnn.resume import prepare_resume
+from facrnn.runtime import keep_freed_buffers, training_threads
 
 if TYPE_CHECKING:
     from facrnn.evaluation import Evaluation
@@ -94,7 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)  # before any data is loaded (facrnn/config_checks.py)
     started = time.perf_counter()
     quiet_known_warnings()
-    torch.set_num_threads(int(cfg.threads))
+    keep_freed_buffers()
+    copies = int(cfg.model.get("replicas", 1)) * int(cfg.model.get("restarts", 1))
+    torch.set_num_threads(training_threads(cfg.get("threads"), copies))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id

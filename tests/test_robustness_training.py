@@ -301,7 +301,7 @@ CONFIG_ERRORS = [
      "trial (at most 49)"),
     (["datamodule=from_file"], "datamodule.path is not set: expected datamodule.path=VALUE on the command line or in the config"),
     (["resume=true", "ckpt_path=other.ckpt"], "resume=true with ckpt_path=other.ckpt: expected one of them, not both"),
-    (["threads=0"], "threads=0: expected the number of torch threads (a positive integer)"),
+    (["threads=0"], "threads=0: expected the number of torch threads, or null (a positive integer)"),
 ]
 
 
