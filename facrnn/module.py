@@ -98,7 +98,8 @@ class FacRNNModule(pl.LightningModule):
     nonfinite_skip_limit : int
         0 (default): a non-finite loss stops training with a message naming the step, the
         term and the last good checkpoint. ``k > 0``: skip up to ``k`` such batches (checks
-        every step, one host synchronisation per step) before stopping.
+        every step, one host synchronisation per step) before stopping. Plain runs only:
+        batched copies drop a diverged copy instead and train the others on.
     seed : int, optional
         Base seed of the copies' initialisations; default ``torch.initial_seed()``.
     """
@@ -178,6 +179,7 @@ class FacRNNModule(pl.LightningModule):
         self.restart_record: dict[str, Any] | None = None
         self.kept_copies: list[int] | None = None  # initial copy index of each copy still trained
         self._skipped_batches = 0
+        self._failed_copies: set[int] = set()
         self._last_logged_step: int | None = None
         self._plain_backward = False  # decided in on_fit_start
         if alpha > 0 and not self.model.is_linear:
@@ -267,7 +269,10 @@ class FacRNNModule(pl.LightningModule):
             terms = self.loss_terms(one_batch, beta=beta)
             optimizer.zero_grad()
             total = terms["loss"].sum()  # copies: the sum gives each its own gradient
-            total.backward() if self._plain_backward else self.manual_backward(total)
+            if self._plain_backward:
+                total.backward()
+            else:
+                self.manual_backward(total)
             if skip_limit and not self.is_replicated and not bool(torch.isfinite(terms["loss"])):
                 self._skip_nonfinite_batch(terms, skip_limit)
                 continue
@@ -278,7 +283,7 @@ class FacRNNModule(pl.LightningModule):
         call_terms = torch.stack(step_terms)  # (steps, terms) or (steps, terms, C)
         # One host synchronisation per call (per epoch by default), not per step.
         if not self.is_replicated and not bool(torch.isfinite(call_terms).all()):
-            raise self._nonfinite_error(call_terms)
+            raise self._nonfinite_error(call_terms, last_step=self.global_step)
         sums = call_terms.sum(0)
         # Accumulate on device; logged once per epoch.
         self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
@@ -291,12 +296,16 @@ class FacRNNModule(pl.LightningModule):
             return f"the last good checkpoint is {path} (continue with ckpt_path={path})"
         return "no checkpoint was saved before it"
 
-    def _nonfinite_error(self, call_terms: torch.Tensor) -> TrainingFaultError:
-        """The message of a non-finite loss: first bad step and term, last good checkpoint."""
+    def _nonfinite_error(self, call_terms: torch.Tensor, last_step: int) -> TrainingFaultError:
+        """The message of a non-finite loss: first bad step and term, last good checkpoint.
+
+        ``call_terms`` ``(steps, terms)`` are the loss terms of consecutive optimizer steps,
+        the last of which is step number ``last_step``.
+        """
         finite = torch.isfinite(call_terms)
         first = int((~finite.all(-1)).nonzero()[0, 0])
         bad_terms = [name for index, name in enumerate(LOSS_TERMS) if not finite[first, index] and name != "loss"]
-        step = self.global_step - call_terms.shape[0] + first + 1
+        step = last_step - call_terms.shape[0] + first + 1
         values = ", ".join(f"{name}={float(call_terms[first, index]):.4g}" for index, name in enumerate(LOSS_TERMS))
         return TrainingFaultError(
             f"training stopped at step {step} (epoch {self.current_epoch}): the "
@@ -309,12 +318,13 @@ class FacRNNModule(pl.LightningModule):
         self.optimizers().zero_grad()
         self._skipped_batches += 1
         stacked = torch.stack([terms[name].detach() for name in LOSS_TERMS]).unsqueeze(0)
+        step = self.global_step + 1  # the step this batch would have been
         if self._skipped_batches > skip_limit:
-            error = self._nonfinite_error(stacked)
+            error = self._nonfinite_error(stacked, last_step=step)
             raise TrainingFaultError(f"{error} (model.nonfinite_skip_limit={skip_limit} batches already skipped)")
         log.warning(
             "step %d: non-finite loss, batch skipped (%d of model.nonfinite_skip_limit=%d)",
-            self.global_step, self._skipped_batches, skip_limit,
+            step, self._skipped_batches, skip_limit,
         )
 
     def on_train_epoch_end(self) -> None:
@@ -365,8 +375,9 @@ class FacRNNModule(pl.LightningModule):
                 f"training stopped in epoch {self.current_epoch}: the loss of every one of the {self.n_copies} "
                 f"model copies is not finite; {self._last_checkpoint_message()}; expected finite losses: lower model.lr"
             )
-        newly_failed = [int(index) for index in (~finite).nonzero().flatten()]
+        newly_failed = [int(index) for index in (~finite).nonzero().flatten() if int(index) not in self._failed_copies]
         if newly_failed:
+            self._failed_copies.update(newly_failed)
             log.warning("epoch %d: model copies %s have a non-finite loss; they are dropped at export", self.current_epoch, newly_failed)
 
     def restart_epochs(self) -> int:
@@ -377,13 +388,11 @@ class FacRNNModule(pl.LightningModule):
         max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1000
         return max(1, round(0.2 * max_epochs))
 
-    def training_objectives(self, epochs: int) -> torch.Tensor:
-        """Per-copy training objective ``nll + kl + beta pc + alpha overlap`` (full ``beta``),
-        averaged over the last ``epochs`` recorded epochs; ``(C,)``."""
-        recent = torch.stack([means for _, _, means in self.copy_history["train"][-epochs:]])  # (E, terms, C)
-        terms = {name: recent[:, index] for index, name in enumerate(LOSS_TERMS)}
-        objective = terms["nll"] + terms["kl"] + self.hparams.beta * terms["partial_corr"] + self.hparams.alpha * terms["overlap"]
-        return objective.mean(0)
+    def training_objective(self, means: torch.Tensor) -> torch.Tensor:
+        """``nll + kl + beta pc + alpha overlap`` with the full ``beta`` from epoch means of the
+        loss terms: ``(..., terms, C) -> (..., C)``."""
+        terms = {name: means[..., index, :] for index, name in enumerate(LOSS_TERMS)}
+        return terms["nll"] + terms["kl"] + self.hparams.beta * terms["partial_corr"] + self.hparams.alpha * terms["overlap"]
 
     def _maybe_select_restarts(self) -> None:
         if int(self.hparams.get("restarts", 1)) == 1 or self.restart_record is not None:
@@ -395,12 +404,11 @@ class FacRNNModule(pl.LightningModule):
         """Keep the start of every replica with the lowest training objective (never
         validation or test data), averaged over the last tenth of the warm phase."""
         restarts = int(self.hparams.get("restarts", 1))
-        window = max(1, min(self.restart_epochs(), len(self.copy_history["train"])) // 10)
-        objectives = self.training_objectives(window)
+        trajectories = self.training_objective(torch.stack([means for _, _, means in self.copy_history["train"]]))  # (E, C)
+        window = max(1, min(self.restart_epochs(), trajectories.shape[0]) // 10)
+        objectives = trajectories[-window:].mean(0)
         replicas = int(self.hparams.get("replicas", 1))
         kept = select_starts(objectives.view(replicas, restarts))
-        trajectory = torch.stack([means for _, _, means in self.copy_history["train"]])  # (E, terms, C)
-        full = trajectory[:, 1] + trajectory[:, 2] + self.hparams.beta * trajectory[:, 3] + self.hparams.alpha * trajectory[:, 4]
         self.restart_record = {
             "restarts": restarts,
             "replicas": replicas,
@@ -409,7 +417,7 @@ class FacRNNModule(pl.LightningModule):
             "objectives": [[float(value) for value in row] for row in objectives.view(replicas, restarts).tolist()],
             "kept_start": [index - replica * restarts for replica, index in enumerate(kept)],
             "epochs": [epoch for epoch, _, _ in self.copy_history["train"]],
-            "objective_trajectories": full.T.tolist(),  # (C, E)
+            "objective_trajectories": trajectories.T.tolist(),  # (C, E)
         }
         log.info(
             "restarts: epoch %d, kept start(s) %s by training objective %s",

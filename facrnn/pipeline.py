@@ -22,6 +22,7 @@ from facrnn.config_checks import check_train_config
 from facrnn.errors import ConfigError
 from facrnn.faults import raise_if_interrupted
 from facrnn.module import FacRNNModule
+from facrnn.replica_runs import read_restarts
 from facrnn.resume import prepare_resume
 from facrnn.runtime import keep_freed_buffers, training_threads
 
@@ -225,6 +226,9 @@ def evaluate_run(
         history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
         likelihood=str(module.hparams.get("likelihood", "gaussian")),
     )
+    restarts = read_restarts(run_dir)
+    if restarts is not None:  # model.restarts: how many starts, which one was kept (by training objective)
+        evaluation.metrics.update(restarts=float(restarts["restarts"]), kept_start=float(restarts["kept_start"]))
     (run_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
     log.info("evaluated %s on the %s split: %s", checkpoint_path, split, run_dir / METRICS_FILE)
     if evaluation.behaviour is not None and evaluation.behaviour.sweep is not None:
@@ -297,4 +301,7 @@ def write_figures(
     metrics_csv = run_dir / "csv" / "metrics.csv"
     if metrics_csv.is_file():
         written.append(plots.plot_training_curves(metrics_csv, figure_dir / "training_curves.png"))
+    restarts = read_restarts(run_dir)
+    if restarts is not None:
+        written.append(plots.plot_restarts(restarts, figure_dir / "restarts.png"))
     return written

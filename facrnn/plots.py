@@ -514,3 +514,45 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
         ax.set_axis_off()
     fig.suptitle(f"training curves ({'/'.join(metrics_csv.parts[-3:])})", fontsize="medium")
     return _save(fig, path)
+
+
+def plot_restarts(record: dict, path: str | os.PathLike) -> Path:
+    """Training objective of every start against epoch, the kept start highlighted
+    (``restarts.json`` of a run with ``model.restarts > 1``; see :mod:`facrnn.replica_runs`).
+
+    Parameters
+    ----------
+    record : dict
+        ``epochs`` (E,), ``objective_trajectories`` (k lists of E values), ``kept_start``,
+        ``selection_epoch``, ``window_epochs``.
+    path : str or os.PathLike
+        PNG to write.
+    """
+    epochs = np.asarray(record["epochs"], dtype=float)
+    lengths = [len(trajectory) for trajectory in record["objective_trajectories"]]
+    if not lengths or any(length != epochs.size for length in lengths):
+        raise ValueError(
+            f"restarts record: objective_trajectories of lengths {lengths}; expected one list of "
+            f"{epochs.size} values (one per epoch) per start"
+        )
+    trajectories = np.asarray(record["objective_trajectories"], dtype=float)
+    kept = int(record["kept_start"])
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for start, trajectory in enumerate(trajectories):
+        is_kept = start == kept
+        ax.plot(epochs, trajectory, lw=2.0 if is_kept else 1.0, color="C3" if is_kept else "0.6",
+                label=f"start {start}" + (" (kept)" if is_kept else ""), zorder=3 if is_kept else 2)
+    selection = float(record["selection_epoch"])
+    window = float(record["window_epochs"])
+    ax.axvspan(selection - window + 1, selection, color="C0", alpha=0.15, label="selection window")
+    finite = trajectories[np.isfinite(trajectories)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training objective (nll + kl + beta pc)")
+    ax.set_title(f"{len(trajectories)} starts; start {kept} kept at epoch {int(selection)}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+

@@ -59,3 +59,13 @@ def test_evaluate_config_composes(tmp_path: Path) -> None:
     cfg = compose_config("evaluate", [f"run_dir={tmp_path}"], tmp_path)
     assert cfg.checkpoint == "best"
     assert cfg.n_mc == 10
+
+
+def test_synthetic_robust_is_the_paper_settings_plus_restarts(tmp_path: Path) -> None:
+    paper = compose_config("train", ["experiment=synthetic_paper"], tmp_path)
+    robust = compose_config("train", ["experiment=synthetic_robust"], tmp_path)
+    assert (robust.model.restarts, robust.model.restart_epochs) == (4, 1000)
+    assert (paper.model.restarts, paper.model.replicas) == (1, 1)  # the paper protocol stays one start
+    for key in ("restarts", "restart_epochs"):
+        robust.model[key] = paper.model[key]
+    assert robust.model == paper.model and robust.trainer == paper.trainer and robust.datamodule == paper.datamodule

@@ -186,6 +186,10 @@ def test_restarts_keep_the_start_with_the_lowest_training_objective(tmp_path: Pa
     assert len(set(round(value, 6) for value in record["objectives"])) == 3  # the starts really differ
     module = FacRNNModule.load(str(run_dir / "checkpoints" / "last.ckpt"))
     assert isinstance(module.model, LowRankRNN)
+    # evaluation reports the restarts and the kept start, and draws the starts' objectives
+    metrics = evaluate_run(run_dir, dynamics=False).metrics
+    assert metrics["restarts"] == 3 and metrics["kept_start"] == record["kept_start"]
+    assert (run_dir / "figures" / "restarts.png").stat().st_size > 0
     # the kept start was trained on: resume from the batched state, past the selection
     cfg = compose_config("train", [*QUICK, f"paths.cache_dir={data_cache}", "model.restarts=3", "model.restart_epochs=4",
                                    "trainer.max_epochs=10", "ckpt_path=last"], tmp_path, "restarts")
@@ -273,3 +277,15 @@ def test_nonfinite_batches_are_skipped_up_to_the_limit(tmp_path: Path, data_cach
     # with no skips allowed the same batch stops the run
     with pytest.raises(TrainingFaultError, match="training stopped at step 9 \\(epoch 2\\)"):
         run(tmp_path, data_cache, "trainer.max_epochs=4", *poison, run_name="strict")
+
+
+def test_restarts_figure_refuses_a_malformed_record(tmp_path: Path) -> None:
+    from facrnn.plots import plot_restarts
+
+    record = {"epochs": [0, 1, 2], "objective_trajectories": [[3.0, 2.0, 1.5], [3.0, 2.5]], "kept_start": 0,
+              "selection_epoch": 2, "window_epochs": 1}
+    with pytest.raises(ValueError, match="objective_trajectories"):
+        plot_restarts(record, tmp_path / "restarts.png")
+    record["objective_trajectories"][1].append(2.4)
+    assert plot_restarts(record, tmp_path / "restarts.png").stat().st_size > 0
+
