@@ -135,3 +135,30 @@ def run_in_child(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str,
     if "error" in result:
         raise RuntimeError(f"benchmark case {target.__name__}{args} failed: {result['error']}")
     return result
+
+
+def quiet_training_runs() -> None:
+    """W&B offline and silent, Lightning's info and warnings off: benchmark output only."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+
+def pipeline_overrides(args: Any, *extra: str) -> list[str]:
+    """Hydra overrides of a benchmarked pipeline run from ``--experiment``, ``--model``,
+    ``--logger``, ``--epochs`` and ``--override`` (evaluation off)."""
+    return [
+        f"experiment={args.experiment}",
+        f"model={args.model}",
+        f"logger={args.logger}",
+        f"trainer.max_epochs={args.epochs}",
+        "evaluate=false",
+        *extra,
+        *args.override,
+    ]
+

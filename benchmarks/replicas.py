@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from omegaconf import open_dict
 
-from benchmarks.common import compose_train_config, machine_description, median, print_table
+from benchmarks.common import compose_train_config, machine_description, median, pipeline_overrides, print_table, quiet_training_runs
 from facrnn.pipeline import instantiate_datamodule, train
 from facrnn.runtime import training_threads
 
@@ -55,19 +52,9 @@ def last_values(metrics_csv: Path) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    quiet_training_runs()
     workdir = Path(tempfile.mkdtemp(prefix="facrnn_replicas_"))
-    overrides = [
-        f"experiment={args.experiment}",
-        f"model={args.model}",
-        f"logger={args.logger}",
-        f"trainer.max_epochs={args.epochs}",
-        "evaluate=false",
-        *args.override,
-    ]
+    overrides = pipeline_overrides(args)
     print(f"machine: {machine_description()}")
     print(f"config: {' '.join(overrides)}; runs in {workdir}")
     warm = compose_train_config(overrides, workdir / "warm")

@@ -10,18 +10,24 @@ one process, interleaved, median of repeats.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
-from benchmarks.common import FitTimer, bare_loop, compose_train_config, machine_description, median, print_table
+from benchmarks.common import (
+    FitTimer,
+    bare_loop,
+    compose_train_config,
+    machine_description,
+    median,
+    pipeline_overrides,
+    print_table,
+    quiet_training_runs,
+)
 from facrnn.pipeline import instantiate_datamodule, instantiate_module, train
 from facrnn.runtime import training_threads
 
@@ -39,21 +45,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    quiet_training_runs()
     workdir = Path(tempfile.mkdtemp(prefix="facrnn_train_speed_"))
-    overrides = [
-        f"experiment={args.experiment}",
-        f"model={args.model}",
-        f"logger={args.logger}",
-        f"trainer.max_epochs={args.epochs}",
-        "evaluate=false",
-        "+callbacks.fit_timer._target_=benchmarks.common.FitTimer",
-        *args.override,
-    ]
+    overrides = pipeline_overrides(args, "+callbacks.fit_timer._target_=benchmarks.common.FitTimer")
     print(f"machine: {machine_description()}")
     print(f"config: {' '.join(overrides)}; runs in {workdir}")
 

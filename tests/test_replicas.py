@@ -289,3 +289,22 @@ def test_restarts_figure_refuses_a_malformed_record(tmp_path: Path) -> None:
     record["objective_trajectories"][1].append(2.4)
     assert plot_restarts(record, tmp_path / "restarts.png").stat().st_size > 0
 
+
+
+def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
+    from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
+
+    sampler = CopyIndexSampler(10, 4, seeds=[3, 4])
+    batches = list(sampler)
+    assert [tuple(batch.shape) for batch in batches] == [(2, 4), (2, 4), (2, 2)] and len(sampler) == 3
+    orders = torch.cat(batches, dim=1)
+    for copy, seed in enumerate((3, 4)):
+        assert torch.equal(orders[copy], torch.randperm(10, generator=torch.Generator().manual_seed(seed)))
+    assert not torch.equal(orders[0], orders[1])
+    sampler.set_epoch(1)
+    assert torch.equal(torch.cat(list(sampler), dim=1)[0], torch.randperm(10, generator=torch.Generator().manual_seed(4)))
+    grouped = GroupedBatchSampler(sampler, batches_per_call=2)
+    assert len(grouped) == 2 and [len(group) for group in grouped] == [2, 1]
+    assert len(GroupedBatchSampler(sampler, 0)) == 1 and len(next(iter(GroupedBatchSampler(sampler, 0)))) == 3
+    with pytest.raises(ValueError, match="batches_per_call=-1"):
+        GroupedBatchSampler(sampler, -1)
