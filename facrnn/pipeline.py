@@ -215,6 +215,13 @@ def evaluate_run(
             f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
         )
     cfg = OmegaConf.load(config_path)
+    replicas = int(cfg.model.get("replicas", 1)) if "model" in cfg else 1
+    if replicas > 1 and checkpoint in ("best", "last"):
+        replica_dirs = sorted(path.name for path in run_dir.glob("replica_*") if path.is_dir())
+        raise ConfigError(
+            f"run_dir={run_dir}: a run of model.replicas={replicas} batched copies; expected one of its replica "
+            f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
+        )
     checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
     module = load_checkpoint(checkpoint_path)
     if datamodule is None:

@@ -165,6 +165,8 @@ def test_replicas_write_ordinary_runs_that_match_plain_runs(tmp_path: Path, data
         assert isinstance(module.model, LowRankRNN) and module.hparams.seed == seed
     # the parent holds no plain checkpoint: compare finds the two replicas only
     assert discover_runs([parent]) == sorted(path.resolve() for path in replicas)
+    with pytest.raises(ConfigError, match=r"a run of model.replicas=2 batched copies; expected one of its replica directories \(replica_00_seed4, replica_01_seed5\)"):
+        evaluate_run(parent)
     metrics = evaluate_run(replicas[1], figures=False, dynamics=False).metrics
     assert 0.0 < metrics["group_latent_r2"] <= 1.0
     # replica 1 is a run with seed 5: same initial weights, a loss within noise of the plain run
