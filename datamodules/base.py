@@ -257,6 +257,7 @@ class RecordingDataModule(pl.LightningDataModule):
         self.shuffle_seed = torch.initial_seed()
         self.batches_per_call = 1  # one batch per training_step unless configure_training says otherwise
         self.copy_seeds: list[int] | None = None
+        self.copy_sampler: CopyIndexSampler | None = None  # the model drops copies from it (model.restarts)
 
     def load_recording(self) -> Recording:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -364,7 +365,7 @@ class RecordingDataModule(pl.LightningDataModule):
         sampler: Sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed)
         if split == "train":
             if self.copy_seeds:
-                sampler = CopyIndexSampler(len(dataset), self.batch_size, self.copy_seeds)
+                sampler = self.copy_sampler = CopyIndexSampler(len(dataset), self.batch_size, self.copy_seeds)
             if self.batches_per_call != 1:
                 sampler = GroupedBatchSampler(sampler, self.batches_per_call)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)

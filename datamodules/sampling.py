@@ -33,8 +33,14 @@ class CopyIndexSampler(Sampler):
         if not seeds:
             raise ValueError("CopyIndexSampler: expected at least one copy seed")
         self.n_samples, self.batch_size = int(n_samples), int(batch_size)
-        self.seeds = [int(seed) for seed in seeds]
+        self.all_seeds = [int(seed) for seed in seeds]
+        self.seeds = list(self.all_seeds)
         self.epoch = 0
+
+    def keep_copies(self, indices: Sequence[int]) -> None:
+        """From the next epoch on, draw batches only for the copies ``indices`` (numbered as
+        at construction), each still in its own order (``model.restarts`` after the selection)."""
+        self.seeds = [self.all_seeds[index] for index in indices]
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""

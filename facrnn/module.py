@@ -227,7 +227,7 @@ class FacRNNModule(pl.LightningModule):
         if self.is_replicated and batch["x"].ndim == 2:
             batch = {key: value.expand(self.n_copies, *value.shape) for key, value in batch.items()}
         elif self.is_replicated and batch["x"].shape[0] != self.n_copies:
-            # the sampler keeps drawing one batch per initial copy; the kept starts keep their own
+            # a sampler still drawing for every initial copy (not the datamodule's): keep the kept ones' rows
             batch = {key: value[self.kept_copies] for key, value in batch.items()}
         beta = float(self.hparams.beta) if beta is None else beta
         means = self.model.encode(batch["encoder_input"])
@@ -429,6 +429,7 @@ class FacRNNModule(pl.LightningModule):
         """Drop every copy but ``kept`` from the weights, optimizer and bookkeeping."""
         n_before = self.n_copies
         self.kept_copies = list(kept)
+        self._restrict_sampler()
         if self._trainer is not None:
             for optimizer in self.trainer.optimizers:
                 keep_optimizer_state(optimizer, kept, n_before)
@@ -439,6 +440,18 @@ class FacRNNModule(pl.LightningModule):
         if self.best_parameters is not None:
             self.best_parameters = {name: value[index.to(value.device)] for name, value in self.best_parameters.items()}
             self.best_val, self.best_epoch = self.best_val[index], self.best_epoch[index]
+
+    def _restrict_sampler(self) -> None:
+        """Let the datamodule's sampler draw batches for the kept starts only (no gathering
+        of batches that would be thrown away; each kept start keeps its own order)."""
+        if self.kept_copies is None or self._trainer is None:
+            return
+        sampler = getattr(getattr(self.trainer, "datamodule", None), "copy_sampler", None)
+        if sampler is not None:
+            sampler.keep_copies(self.kept_copies)
+
+    def on_train_start(self) -> None:
+        self._restrict_sampler()  # a run resumed after the restarts' selection
 
     @torch.no_grad()
     def _update_best_copies(self, val_loss: torch.Tensor) -> None:

@@ -175,8 +175,17 @@ def test_replicas_write_ordinary_runs_that_match_plain_runs(tmp_path: Path, data
     assert abs(replica_loss - plain_loss) < 0.1 * abs(plain_loss), (replica_loss, plain_loss)
 
 
+class AssertBatchesFitTheCopies(pl.Callback):
+    """Fails when the sampler hands a batched model rows for copies it no longer trains."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int) -> None:
+        for one_batch in batch if isinstance(batch, list) else [batch]:
+            assert one_batch["x"].shape[0] == pl_module.n_copies, (one_batch["x"].shape, pl_module.n_copies)
+
+
 def test_restarts_keep_the_start_with_the_lowest_training_objective(tmp_path: Path, data_cache: str) -> None:
-    run(tmp_path, data_cache, "model.restarts=3", "model.restart_epochs=4", "trainer.max_epochs=8", run_name="restarts")
+    check = "+callbacks.check._target_=tests.test_replicas.AssertBatchesFitTheCopies"
+    run(tmp_path, data_cache, "model.restarts=3", "model.restart_epochs=4", "trainer.max_epochs=8", check, run_name="restarts")
     run_dir = tmp_path / "restarts"
     record = json.loads((run_dir / "restarts.json").read_text())
     assert record["restarts"] == 3 and record["selection_epoch"] == 3 and len(record["objective_trajectories"]) == 3
@@ -194,7 +203,7 @@ def test_restarts_keep_the_start_with_the_lowest_training_objective(tmp_path: Pa
     assert (run_dir / "figures" / "restarts.png").stat().st_size > 0
     # the kept start was trained on: resume from the batched state, past the selection
     cfg = compose_config("train", [*QUICK, f"paths.cache_dir={data_cache}", "model.restarts=3", "model.restart_epochs=4",
-                                   "trainer.max_epochs=10", "ckpt_path=last"], tmp_path, "restarts")
+                                   "trainer.max_epochs=10", "ckpt_path=last", check], tmp_path, "restarts")
     train(cfg)
     resumed = torch.load(run_dir / "checkpoints" / "copies" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 9 and resumed["state_dict"]["model.encoder_weight"].shape[0] == 1
@@ -305,6 +314,9 @@ def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
     assert not torch.equal(orders[0], orders[1])
     sampler.set_epoch(1)
     assert torch.equal(torch.cat(list(sampler), dim=1)[0], torch.randperm(10, generator=torch.Generator().manual_seed(4)))
+    sampler.keep_copies([1])  # after a restarts selection: copy 1 only, still in its own order
+    assert torch.equal(torch.cat(list(sampler), dim=1), torch.randperm(10, generator=torch.Generator().manual_seed(5)).unsqueeze(0))
+    sampler.keep_copies([0, 1])
     grouped = GroupedBatchSampler(sampler, batches_per_call=2)
     assert len(grouped) == 2 and [len(group) for group in grouped] == [2, 1]
     assert len(GroupedBatchSampler(sampler, 0)) == 1 and len(next(iter(GroupedBatchSampler(sampler, 0)))) == 3
