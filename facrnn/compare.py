@@ -608,21 +608,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def training_job_dir(run_dir: Path) -> Path:
+    """The directory of the training job that wrote ``run_dir``: the parent run for a replica
+    of a ``model.replicas`` run (``replica_of`` in its config.yaml), else ``run_dir`` itself."""
+    replica_of = OmegaConf.load(run_dir / "config.yaml").get("replica_of")
+    return Path(replica_of) if replica_of else run_dir
+
+
 def sweep_commands(variants: Sequence[RunVariant]) -> list[str]:
     """An equivalent single sweep command reconstructed from the runs' ``.hydra/overrides.yaml``."""
     common: list[str] | None = None
     trained = [v for v in variants if v.kind is None]
-    for variant in trained:
-        path = variant.run_dir / ".hydra" / "overrides.yaml"
+    # a replica of a model.replicas run was launched as its parent job (seed = the parent's seed)
+    origins = {training_job_dir(variant.run_dir) for variant in trained}
+    seeds: set[int] = set()
+    for origin in origins:
+        path = origin / ".hydra" / "overrides.yaml"
         overrides = [str(item) for item in OmegaConf.load(path)] if path.is_file() else []
         overrides = [item for item in overrides if item.split("=")[0] not in ("model", "seed")]
         common = overrides if common is None else [item for item in common if item in overrides]
+        seeds.add(int(OmegaConf.load(origin / "config.yaml").get("seed", 0)))
     methods = sorted({v.method for v in trained}, key=method_sort_key)
-    seeds = sorted({v.seed for v in trained})
     if not trained or any(m.endswith("_mlp") for m in methods):
         return []
-    sweep = ["python", "train.py", "-m", *(common or []), f"model={','.join(methods)}", f"seed={','.join(map(str, seeds))}"]
-    parents = {variant.run_dir.parent for variant in trained}
+    sweep = ["python", "train.py", "-m", *(common or []), f"model={','.join(methods)}", f"seed={','.join(map(str, sorted(seeds)))}"]
+    parents = {origin.parent for origin in origins}
     if len(parents) == 1:
         parent = parents.pop()
         try:

@@ -148,3 +148,24 @@ def test_synthetic_benchmark_sweeps_the_four_trained_methods_over_five_seeds(tmp
     # the paper's settings (experiment=synthetic_paper)
     assert (cfg.trainer.max_epochs, cfg.model.lr, cfg.model.optimizer, cfg.datamodule.batch_size) == (5000, 1e-3, "adamw", 128)
     assert cfg.model.latent_dim == 6 and cfg.model.n_groups == 2
+
+
+def test_sweep_command_of_replica_runs_is_their_parent_jobs(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    variants = []
+    for method in ("facrnn", "lrrnn"):
+        job = tmp_path / "sweep" / f"{method}_seed0"
+        (job / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model={method}", "seed=0", "experiment=synthetic_benchmark", "model.replicas=2"]),
+                       job / ".hydra" / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"seed": 0}), job / "config.yaml")
+        for replica in range(2):
+            run_dir = job / f"replica_{replica:02d}_seed{replica}"
+            run_dir.mkdir()
+            OmegaConf.save(OmegaConf.create({"seed": replica, "replica_of": str(job)}), run_dir / "config.yaml")
+            variants.append(compare.RunVariant(run_dir, method, replica, "synthetic"))
+    assert compare.training_job_dir(variants[0].run_dir) == tmp_path / "sweep" / "facrnn_seed0"
+    (command,) = compare.sweep_commands(variants)
+    assert command.startswith("python train.py -m experiment=synthetic_benchmark model.replicas=2 model=facrnn,lrrnn seed=0 ")
+    assert command.endswith(f"hydra.sweep.dir={tmp_path / 'sweep'}")
