@@ -476,7 +476,7 @@ class FacRNNModule(pl.LightningModule):
             return
         checkpoint["facrnn_copies"] = {
             "n_copies": self.n_copies,
-            "history": self.copy_history,
+            "history": {split: stack_history(entries) for split, entries in self.copy_history.items()},
             "best_parameters": self.best_parameters,
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
@@ -493,7 +493,7 @@ class FacRNNModule(pl.LightningModule):
             restarts = int(record["restarts"])
             self.kept_copies = [replica * restarts + start for replica, start in enumerate(record["kept_start"])]
             self.model.keep(self.kept_copies)
-        self.copy_history = state["history"]
+        self.copy_history = {split: unstack_history(stacked) for split, stacked in state["history"].items()}
         self.best_parameters, self.best_val, self.best_epoch = state["best_parameters"], state["best_val"], state["best_epoch"]
         self.restart_record = record
 
@@ -576,6 +576,26 @@ class FacRNNModule(pl.LightningModule):
     def load(cls, checkpoint_path: str, map_location: str = "cpu") -> "FacRNNModule":
         """Load a checkpoint safely (``weights_only=True``); needs no other argument."""
         return cls.load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True)
+
+
+def stack_history(entries: list[tuple[int, int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-epoch ``(epoch, step, means (terms, C))`` entries as three tensors: one checkpoint
+    record instead of thousands (saving a list of 5,000 small tensors takes ~0.2 s)."""
+    if not entries:
+        return {"epochs": torch.zeros(0, dtype=torch.long), "steps": torch.zeros(0, dtype=torch.long), "means": torch.zeros(0)}
+    return {
+        "epochs": torch.tensor([epoch for epoch, _, _ in entries]),
+        "steps": torch.tensor([step for _, step, _ in entries]),
+        "means": torch.stack([means for _, _, means in entries]),
+    }
+
+
+def unstack_history(stacked: dict[str, torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
+    """Inverse of :func:`stack_history`."""
+    return [
+        (int(epoch), int(step), means)
+        for epoch, step, means in zip(stacked["epochs"].tolist(), stacked["steps"].tolist(), stacked["means"])
+    ]
 
 
 def finite_copy_mean(means: torch.Tensor) -> torch.Tensor:

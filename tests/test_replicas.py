@@ -322,3 +322,14 @@ def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
     assert len(GroupedBatchSampler(sampler, 0)) == 1 and len(next(iter(GroupedBatchSampler(sampler, 0)))) == 3
     with pytest.raises(ValueError, match="batches_per_call=-1"):
         GroupedBatchSampler(sampler, -1)
+
+
+def test_copy_history_round_trips_through_one_stacked_record() -> None:
+    from facrnn.module import stack_history, unstack_history
+
+    entries = [(epoch, 8 * (epoch + 1), torch.randn(5, 3)) for epoch in range(4)]
+    restored = unstack_history(stack_history(entries))
+    assert [(epoch, step) for epoch, step, _ in restored] == [(epoch, step) for epoch, step, _ in entries]
+    for (_, _, original), (_, _, again) in zip(entries, restored):
+        torch.testing.assert_close(again, original, rtol=0, atol=0)
+    assert unstack_history(stack_history([])) == []
