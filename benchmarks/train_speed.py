@@ -29,6 +29,7 @@ from benchmarks.common import (
     quiet_training_runs,
 )
 from facrnn.pipeline import instantiate_datamodule, instantiate_module, train
+from facrnn.replicas import configured_copies
 from facrnn.runtime import training_threads
 
 
@@ -69,8 +70,7 @@ def main() -> None:
         fit = FitTimer.last
         pipeline_rows.append({"total_s": total, "fit_s": fit["fit_s"], "steps": int(fit["steps"])})
 
-        copies = int(cfg.model.replicas) * int(cfg.model.restarts)
-        torch.set_num_threads(training_threads(cfg.threads, copies))
+        torch.set_num_threads(training_threads(cfg.threads, configured_copies(cfg.model)))
         pl.seed_everything(repeat, verbose=False)
         module = instantiate_module(cfg.model, datamodule)
         seconds, steps = bare_loop(module, train_tensors, batch_size, args.epochs)

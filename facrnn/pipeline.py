@@ -23,6 +23,7 @@ from facrnn.errors import ConfigError
 from facrnn.faults import raise_if_interrupted
 from facrnn.module import FacRNNModule
 from facrnn.replica_runs import read_restarts
+from facrnn.replicas import configured_copies
 from facrnn.resume import prepare_resume
 from facrnn.runtime import keep_freed_buffers, training_threads
 
@@ -91,14 +92,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict with ``run_dir``, ``wall_time_s``, ``callback_metrics`` (the last logged value of
-    every training/validation metric) and, after evaluation, ``metrics``.
+    every training/validation metric) and, after evaluation, ``metrics``. With
+    ``model.replicas > 1`` also ``replica_run_dirs`` and, after evaluation,
+    ``replica_metrics`` (per replica directory); ``metrics`` is then their mean.
     """
     check_train_config(cfg)  # before any data is loaded (facrnn/config_checks.py)
     started = time.perf_counter()
     quiet_known_warnings()
     keep_freed_buffers()
-    copies = int(cfg.model.get("replicas", 1)) * int(cfg.model.get("restarts", 1))
-    torch.set_num_threads(training_threads(cfg.get("threads"), copies))
+    torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id

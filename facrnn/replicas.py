@@ -12,6 +12,7 @@ updates element-wise, so one optimizer over the stacked weights trains them inde
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,11 @@ PARAMETER_SOURCES = {
     "decoder_bias": "decoder.bias",  # a, (C, N)
     "log_noise_std": "log_noise_std",  # (C, N)
 }
+
+
+def configured_copies(model_cfg: Any) -> int:
+    """Copies a model config trains at once: ``model.replicas * model.restarts`` (1 if unset)."""
+    return int(model_cfg.get("replicas", 1) or 1) * int(model_cfg.get("restarts", 1) or 1)
 
 
 def copy_seed(seed: int, replica: int, start: int) -> int:
@@ -194,6 +200,7 @@ __all__ = [
     "RESTART_SEED_STRIDE",
     "ReplicatedLowRankRNN",
     "build_copies",
+    "configured_copies",
     "copy_seed",
     "keep_optimizer_state",
     "select_starts",

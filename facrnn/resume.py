@@ -81,8 +81,10 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     -------
     The checkpoint path for ``trainer.fit`` (None: start fresh).
     """
-    copies = int(cfg.model.get("replicas", 1)) * int(cfg.model.get("restarts", 1))
-    last_checkpoint = Path("checkpoints") / "copies" / "last.ckpt" if copies > 1 else LAST_CHECKPOINT
+    from facrnn.replica_runs import COPIES_CHECKPOINT_DIR
+    from facrnn.replicas import configured_copies
+
+    last_checkpoint = COPIES_CHECKPOINT_DIR / "last.ckpt" if configured_copies(cfg.model) > 1 else LAST_CHECKPOINT
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume", False)), run_dir, last_checkpoint)
     for entry in (cfg.get("logger") or {}).values():
         if entry and str(entry.get("_target_", "")).endswith("WandbLogger"):
