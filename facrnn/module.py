@@ -177,7 +177,6 @@ class FacRNNModule(pl.LightningModule):
         self.best_val: torch.Tensor | None = None
         self.best_epoch: torch.Tensor | None = None
         self.restart_record: dict[str, Any] | None = None
-        self.kept_copies: list[int] | None = None  # initial copy index of each copy still trained
         self._skipped_batches = 0
         self._failed_copies: set[int] = set()
         self._last_logged_step: int | None = None
@@ -380,6 +379,14 @@ class FacRNNModule(pl.LightningModule):
             self._failed_copies.update(newly_failed)
             log.warning("epoch %d: model copies %s have a non-finite loss; they are dropped at export", self.current_epoch, newly_failed)
 
+    @property
+    def kept_copies(self) -> list[int] | None:
+        """Initial copy index of each start still trained (after the restarts' selection), else None."""
+        record = self.restart_record
+        if record is None:
+            return None
+        return [replica * int(record["restarts"]) + start for replica, start in enumerate(record["kept_start"])]
+
     def restart_epochs(self) -> int:
         """Length of the restarts' warm phase in epochs."""
         configured = self.hparams.get("restart_epochs")
@@ -428,7 +435,6 @@ class FacRNNModule(pl.LightningModule):
     def _keep_copies(self, kept: list[int]) -> None:
         """Drop every copy but ``kept`` from the weights, optimizer and bookkeeping."""
         n_before = self.n_copies
-        self.kept_copies = list(kept)
         self._restrict_sampler()
         if self._trainer is not None:
             for optimizer in self.trainer.optimizers:
@@ -487,15 +493,12 @@ class FacRNNModule(pl.LightningModule):
         state = checkpoint.get("facrnn_copies")
         if state is None or not self.is_replicated:
             return
-        record = state["restart_record"]
-        if record is not None and self.n_copies != state["n_copies"]:
+        self.restart_record = state["restart_record"]
+        if self.restart_record is not None and self.n_copies != state["n_copies"]:
             # saved after the restarts' selection: drop the same starts before the weights load
-            restarts = int(record["restarts"])
-            self.kept_copies = [replica * restarts + start for replica, start in enumerate(record["kept_start"])]
             self.model.keep(self.kept_copies)
         self.copy_history = {split: unstack_history(stacked) for split, stacked in state["history"].items()}
         self.best_parameters, self.best_val, self.best_epoch = state["best_parameters"], state["best_val"], state["best_epoch"]
-        self.restart_record = record
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.loss_terms(batch)

@@ -40,16 +40,14 @@ def replica_dir(run_dir: Path, replica: int, seed: int, replicas: int) -> Path:
 
 
 def plain_checkpoint(module: FacRNNModule, copy: int, parameters: dict[str, torch.Tensor] | None, epoch: int, seed: int) -> dict[str, Any]:
-    """A checkpoint of copy ``copy`` that :meth:`FacRNNModule.load` reads as a plain run."""
-    from facrnn.module import FacRNNModule
-
-    # a plain model: the restarts are recorded in restarts.json, not re-run on loading
+    """A checkpoint of copy ``copy`` that :meth:`FacRNNModule.load` reads as a plain run: the
+    copy's weights under a plain module's names (``model.encoder.weight``, ...) and the
+    hyper-parameters of one start (the restarts are recorded in restarts.json, not re-run)."""
     hyper_parameters = dict(module.hparams)
     hyper_parameters.update(replicas=1, restarts=1, seed=seed)
-    plain = FacRNNModule(**hyper_parameters)
-    plain.model.load_state_dict(module.model.copy_state(copy, parameters), strict=True)
+    state = module.model.copy_state(copy, parameters)
     return {
-        "state_dict": {name: value.detach().cpu() for name, value in plain.state_dict().items()},
+        "state_dict": {f"model.{name}": value.cpu() for name, value in state.items()},
         "hyper_parameters": hyper_parameters,
         "pytorch-lightning_version": pl.__version__,
         "epoch": int(epoch),

@@ -11,6 +11,7 @@ updates element-wise, so one optimizer over the stacked weights trains them inde
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,7 +73,8 @@ class ReplicatedLowRankRNN(nn.Module):
         for name, source in PARAMETER_SOURCES.items():
             self.register_parameter(name, nn.Parameter(torch.stack([s[source].detach().clone() for s in state])))
         self.register_buffer("group_index", padded_group_index(self.group_sizes), persistent=False)
-        self._template = first
+        # a plain model to copy in to_model; set past nn.Module so it is no submodule (no state_dict entries)
+        object.__setattr__(self, "_template", first)
 
     @property
     def n_copies(self) -> int:
@@ -113,8 +115,6 @@ class ReplicatedLowRankRNN(nn.Module):
 
     def to_model(self, index: int, parameters: dict[str, torch.Tensor] | None = None) -> LowRankRNN:
         """A plain :class:`LowRankRNN` with copy ``index``'s weights."""
-        import copy
-
         model = copy.deepcopy(self._template)
         model.load_state_dict(self.copy_state(index, parameters), strict=False)
         return model
@@ -133,12 +133,6 @@ class ReplicatedLowRankRNN(nn.Module):
     def extra_repr(self) -> str:
         return f"copies={self.n_copies}, group_sizes={self.group_sizes}, width={self.width:.4f}, link={self.link}"
 
-    # The template (a plain model) is not a submodule: keep it out of state_dict/parameters.
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "_template":
-            object.__setattr__(self, name, value)
-            return
-        super().__setattr__(name, value)
 
 
 def build_copies(
