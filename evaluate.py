@@ -7,10 +7,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from facrnn.cli_errors import exit_on_error
-from facrnn.config_checks import check_evaluate_config
-from facrnn.pipeline import evaluate_run
-from facrnn.report import format_metrics
+from facrnn.cli.errors import exit_on_error
+from facrnn.training.settings import check_evaluate_config
+from facrnn.runs.pipeline import evaluate_run
+from facrnn.cli.report import format_metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -25,7 +25,8 @@ def evaluate(cfg: DictConfig) -> None:
     check_evaluate_config(cfg)
     torch.set_num_threads(int(cfg.threads))
     if cfg.get("posthoc"):
-        from facrnn.posthoc import POSTHOC_DIR, evaluate_posthoc
+        from facrnn.evaluation.posthoc import POSTHOC_DIR
+        from facrnn.runs.pipeline import evaluate_posthoc
 
         evaluation, _ = evaluate_posthoc(
             cfg.run_dir, str(cfg.posthoc), cfg.checkpoint, cfg.split, cfg.n_mc, cfg.eval_seed, cfg.figures,

@@ -6,10 +6,10 @@ See README.md, docs/scale.md and ``conf/train.yaml``.
 import hydra
 from omegaconf import DictConfig
 
-from facrnn.cli_errors import exit_on_error
-from facrnn.pipeline import train
-from facrnn.report import format_metrics
-from facrnn.sweeps import objective_value, run_job_isolated
+from facrnn.cli.errors import exit_on_error
+from facrnn.runs.pipeline import train
+from facrnn.cli.report import format_metrics
+from facrnn.runs.sweeps import objective_value, run_job_isolated
 
 
 def train_and_report(cfg: DictConfig) -> float | None:
@@ -24,7 +24,7 @@ def train_and_report(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    # in a multirun a failing job is recorded and the sweep goes on (facrnn/sweeps.py);
+    # in a multirun a failing job is recorded and the sweep goes on (facrnn/runs/sweeps.py);
     # otherwise the project's own errors end the run as `error: <message>`, exit status 1
     with exit_on_error():
         return run_job_isolated(train_and_report, cfg)

@@ -1,5 +1,5 @@
 """Time and peak memory of the evaluation partial-correlation estimator
-(:func:`facrnn.partial_correlation.partial_correlation_eval`, chunked streaming), each
+(:func:`facrnn.core.partial_correlation.partial_correlation_eval`, chunked streaming), each
 case in a fresh process so its peak RSS is its own.
 
     python -m benchmarks.pc_eval                 # n = 2,352 (M1) in full; 20k and 100k on a 5k-sample subsample
@@ -27,7 +27,7 @@ from benchmarks.common import machine_description, print_table, run_in_child
 def eval_case(n: int, latent_dim: int, n_mc: int, max_samples: int | None, threads: int, unchunked: bool) -> dict[str, Any]:
     """One estimate on posterior means of a correlated Gaussian (runs in a child process);
     ``unchunked``: in one chunk, the naive memory footprint (for ``--check``)."""
-    from facrnn.partial_correlation import partial_correlation_eval
+    from facrnn.core.partial_correlation import partial_correlation_eval
 
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(n)

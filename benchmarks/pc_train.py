@@ -13,7 +13,7 @@ import time
 import torch
 
 from benchmarks.common import machine_description, median, print_table
-from facrnn.partial_correlation import partial_correlation_minibatch, partial_correlation_minibatch_autograd
+from facrnn.core.partial_correlation import partial_correlation_minibatch, partial_correlation_minibatch_autograd
 
 ESTIMATORS = {"fused": partial_correlation_minibatch, "autograd": partial_correlation_minibatch_autograd}
 

@@ -1,4 +1,4 @@
-"""Where the time of a training run goes: cProfile of ``facrnn.pipeline.train`` (the
+"""Where the time of a training run goes: cProfile of ``facrnn.runs.pipeline.train`` (the
 ``train.py`` code path, evaluation off), after one unprofiled warm-up run.
 
     python -m benchmarks.profile_train                                  # 200 epochs of synthetic_paper
@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from benchmarks.common import compose_train_config, machine_description
-from facrnn.pipeline import train
+from facrnn.runs.pipeline import train
 
 
 def main() -> None:

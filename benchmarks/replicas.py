@@ -23,8 +23,8 @@ import torch
 from omegaconf import open_dict
 
 from benchmarks.common import compose_train_config, machine_description, median, pipeline_overrides, print_table, quiet_training_runs
-from facrnn.pipeline import instantiate_datamodule, train
-from facrnn.runtime import training_threads
+from facrnn.runs.pipeline import instantiate_datamodule, train
+from facrnn.training.runtime import training_threads
 
 
 def parse_args() -> argparse.Namespace:

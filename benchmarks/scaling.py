@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_description, print_table, run_in_child
-from facrnn.module import FacRNNModule
+from facrnn.training.module import FacRNNModule
 
 BASE = {"n_neurons": 20, "n_samples": 1000, "batch_size": 128, "latent_dim": 6}
 SWEEPS = {

@@ -1,4 +1,4 @@
-"""Training speed: the real pipeline (``facrnn.pipeline.train``, the ``train.py`` code path
+"""Training speed: the real pipeline (``facrnn.runs.pipeline.train``, the ``train.py`` code path
 with logging and checkpointing on) against a bare PyTorch loop of the same computation, in
 one process, interleaved, median of repeats.
 
@@ -28,9 +28,9 @@ from benchmarks.common import (
     print_table,
     quiet_training_runs,
 )
-from facrnn.pipeline import instantiate_datamodule, instantiate_module, train
-from facrnn.replicas import configured_copies
-from facrnn.runtime import training_threads
+from facrnn.runs.pipeline import instantiate_datamodule, instantiate_module, train
+from facrnn.core.copies import configured_copies
+from facrnn.training.runtime import training_threads
 
 
 def parse_args() -> argparse.Namespace:

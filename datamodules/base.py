@@ -15,7 +15,7 @@ from datamodules.recording import Recording, drop_constant_channels
 from datamodules.validation import check_nan_policy, warn_if_axes_swapped
 from facrnn.errors import ConfigError, DataError
 from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
-from facrnn.model import encoder_input
+from facrnn.core.model import encoder_input
 
 log = logging.getLogger(__name__)
 

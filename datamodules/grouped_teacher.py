@@ -9,7 +9,7 @@ the groups evolve exactly independently. Each group's map
 is built so that its origin is an unstable fixed point with linearisation
 ``gain x R_g`` (``R_g`` an orthogonal matrix: rotations by incommensurate angles), so the
 saturating nonlinearity turns it into a self-sustained oscillation. ``phi`` is the same map
-the student model implies (:meth:`facrnn.model.LowRankRNN.latent_step`): ``tanh`` for
+the student model implies (:meth:`facrnn.core.model.LowRankRNN.latent_step`): ``tanh`` for
 Gaussian observations ``x_t = A z_t + a + sigma_x eps``, ``tanh(softplus(.))`` for Poisson
 counts ``x_t ~ Poisson(softplus(A z_t + a))``.
 """

@@ -50,7 +50,7 @@ from datamodules.validation import (
 )
 from datamodules.voltage_simulator import simulate_voltage_imaging
 from facrnn.errors import ConfigError, DataError
-from facrnn.model import encoder_input
+from facrnn.core.model import encoder_input
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,17 @@ class CheckpointError(FacRNNError, RuntimeError):
     """A run directory has no usable checkpoint, or a checkpoint cannot be read safely."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint (or the run directory holding it) does not exist."""
+
+
 class TrainingFaultError(FacRNNError, RuntimeError):
     """Training stopped on a fault (non-finite loss); the last good checkpoint is kept."""
 
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "ConfigError",
     "DataError",
     "DataFileNotFoundError",

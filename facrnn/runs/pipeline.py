@@ -1,0 +1,376 @@
+"""What ``train.py`` and ``evaluate.py`` do: build everything from a Hydra config, fit,
+evaluate, write results into the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.base import RecordingDataModule
+from facrnn.runs.checkpoints import CheckpointNotFoundError, load_checkpoint
+from facrnn.training.settings import check_train_config
+from facrnn.errors import ConfigError
+from facrnn.training.faults import raise_if_interrupted
+from facrnn.training.module import FacRNNModule
+from facrnn.runs.export import read_restarts
+from facrnn.core.copies import configured_copies
+from facrnn.runs.resume import prepare_resume
+from facrnn.training.runtime import keep_freed_buffers, training_threads
+
+if TYPE_CHECKING:
+    from facrnn.core.model import LowRankRNN
+    from facrnn.evaluation.scoring import Evaluation
+
+log = logging.getLogger(__name__)
+
+# Lightning advice that does not apply to in-memory per-bin data and epoch-level logging.
+QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*smaller than the logging interval.*",
+    r".*The anonymous setting has no effect.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # FacRNNModule.transfer_batch_to_device skips batches already on the device (benchmarks/README.md)
+    r".*overridden `transfer_batch_to_device` in `LightningModule`.*",
+)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+ROTATION_SWEEP_FILE = "rotation_sweep.csv"
+FIXED_POINTS_FILE = "fixed_points.json"
+
+
+def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
+    """Build and set up the datamodule of a config."""
+    datamodule = hydra.utils.instantiate(datamodule_cfg, _convert_="all")
+    datamodule.setup()
+    return datamodule
+
+
+def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, seed: int | None = None) -> FacRNNModule:
+    """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data."""
+    extra = {} if seed is None else {"seed": int(seed)}
+    return hydra.utils.instantiate(
+        model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all", **extra
+    )
+
+
+def configure_copies(module: FacRNNModule, datamodule: RecordingDataModule, callbacks: list[Any], cfg: DictConfig, run_dir: Path) -> None:
+    """Hand the datamodule its batching (``batches_per_call``) and, for batched model copies,
+    one shuffling seed per copy; keep the copies' training checkpoints in ``checkpoints/copies``."""
+    from facrnn.runs.export import COPIES_CHECKPOINT_DIR
+    from facrnn.core.copies import copy_seed
+
+    copy_seeds = None
+    if module.is_replicated:
+        restarts = int(module.hparams.restarts)
+        copy_seeds = [copy_seed(int(cfg.seed), copy // restarts, copy % restarts) for copy in range(module.n_copies)]
+        for callback in callbacks:
+            if isinstance(callback, pl.callbacks.ModelCheckpoint):
+                callback.dirpath = str(run_dir / COPIES_CHECKPOINT_DIR)
+    datamodule.configure_training(batches_per_call=int(cfg.get("batches_per_call", 0)), copy_seeds=copy_seeds)
+
+
+def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a config group (callbacks, loggers)."""
+    if not group_cfg:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in group_cfg.values() if entry and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model as configured; evaluate it when ``cfg.evaluate``.
+
+    Returns
+    -------
+    dict with ``run_dir``, ``wall_time_s``, ``callback_metrics`` (the last logged value of
+    every training/validation metric) and, after evaluation, ``metrics``. With
+    ``model.replicas > 1`` also ``replica_run_dirs`` and, after evaluation,
+    ``replica_metrics`` (per replica directory); ``metrics`` is then their mean.
+    """
+    check_train_config(cfg)  # before any data is loaded (facrnn/training/settings.py)
+    started = time.perf_counter()
+    quiet_known_warnings()
+    keep_freed_buffers()
+    torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    datamodule = instantiate_datamodule(cfg.datamodule)
+    module = instantiate_module(cfg.model, datamodule, seed=int(cfg.seed))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    configure_copies(module, datamodule, callbacks, cfg, run_dir)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log.info("training %s (group sizes %s) in %s", cfg.model.name, module.group_sizes, run_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (SystemExit, KeyboardInterrupt):  # SIGTERM / Ctrl-C: last.ckpt saved by facrnn.training.faults.InterruptCheckpoint
+        raise_if_interrupted(callbacks, run_dir)
+        raise
+    finally:
+        finish_wandb(loggers)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
+    result["callback_metrics"] = {
+        name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
+    }
+    run_dirs = [run_dir]
+    if module.is_replicated and trainer.is_global_zero:
+        from facrnn.runs.export import export_copies
+
+        run_dirs = export_copies(module, cfg, run_dir)
+        result["replica_run_dirs"] = [str(path) for path in run_dirs]
+    # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
+    if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
+        evaluated = {str(path): evaluate_run(path, datamodule=datamodule).metrics for path in run_dirs}
+        result["metrics"] = evaluated[str(run_dirs[0])] if len(run_dirs) == 1 else mean_metrics(list(evaluated.values()))
+        if len(run_dirs) > 1:
+            result["replica_metrics"] = evaluated
+    result["wall_time_s"] = time.perf_counter() - started
+    return result
+
+
+def mean_metrics(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of every numeric metric over several runs (the replicas of one configuration)."""
+    names = [name for name, value in metrics[0].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    means = {}
+    for name in names:
+        values = [float(entry[name]) for entry in metrics if name in entry]
+        means[name] = sum(values) / len(values)
+    return means
+
+
+def quiet_known_warnings() -> None:
+    """Silence Lightning/W&B advice that does not apply here (see ``QUIET_WARNINGS``)."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    # Lightning's start-up banner (accelerator availability, tips) is noise in sweep logs.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """Close W&B runs so a multirun's next job starts a fresh one."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+
+
+def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """Path of the ``best`` or ``last`` checkpoint of a run, or ``which`` itself if it is a file."""
+    if which not in ("best", "last"):
+        path = Path(which)
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"checkpoint={which}: not a file; expected best, last or a .ckpt path")
+        return path
+    candidates = [run_dir / "checkpoints" / f"{which}.ckpt"]
+    if which == "best":
+        candidates.append(run_dir / "checkpoints" / "last.ckpt")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise CheckpointNotFoundError(
+        f"{run_dir}/checkpoints: no {' or '.join(path.name for path in candidates)} (training stopped before its "
+        "first checkpoint?); expected a run directory written by train.py: re-train, or pass checkpoint=PATH"
+    )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    split: str = "test",
+    n_mc: int = 10,
+    seed: int = 0,
+    figures: bool = True,
+    datamodule: RecordingDataModule | None = None,
+    rollout_steps: int = 20,
+    dynamics: bool = True,
+) -> Evaluation:
+    """Evaluate a finished training run; writes ``metrics.json`` and figures into it.
+
+    ``rollout_steps`` and ``dynamics`` set the rollout measures of :mod:`facrnn.evaluation.dynamics`
+    (k-step R² up to ``rollout_steps``, free generation, coupling, fixed points, the latter
+    also written to ``fixed_points.json``).
+    """
+    from facrnn.evaluation.behaviour import write_rotation_sweep_csv
+    from facrnn.evaluation.scoring import evaluate_model
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointNotFoundError(
+            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
+        )
+    cfg = OmegaConf.load(config_path)
+    replicas = int(cfg.model.get("replicas", 1)) if "model" in cfg else 1
+    if replicas > 1 and checkpoint in ("best", "last"):
+        replica_dirs = sorted(path.name for path in run_dir.glob("replica_*") if path.is_dir())
+        raise ConfigError(
+            f"run_dir={run_dir}: a run of model.replicas={replicas} batched copies; expected one of its replica "
+            f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
+        )
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
+    module = load_checkpoint(checkpoint_path)
+    if datamodule is None:
+        datamodule = instantiate_datamodule(cfg.datamodule)
+    if split not in datamodule.splits:
+        raise ConfigError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
+    evaluation = evaluate_model(
+        module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
+        history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
+        likelihood=str(module.hparams.get("likelihood", "gaussian")),
+    )
+    restarts = read_restarts(run_dir)
+    if restarts is not None:  # model.restarts: how many starts, which one was kept (by training objective)
+        evaluation.metrics.update(restarts=float(restarts["restarts"]), kept_start=float(restarts["kept_start"]))
+    (run_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    log.info("evaluated %s on the %s split: %s", checkpoint_path, split, run_dir / METRICS_FILE)
+    if evaluation.behaviour is not None and evaluation.behaviour.sweep is not None:
+        write_rotation_sweep_csv(evaluation.behaviour.sweep, run_dir / ROTATION_SWEEP_FILE)
+    if evaluation.dynamics is not None and evaluation.dynamics.fixed_points is not None:
+        fixed_points = [point.to_dict() for point in evaluation.dynamics.fixed_points]
+        (run_dir / FIXED_POINTS_FILE).write_text(json.dumps(fixed_points, indent=1) + "\n")
+    if figures:
+        write_figures(run_dir, evaluation, module, datamodule)
+    return evaluation
+
+
+def write_figures(
+    run_dir: Path,
+    evaluation: Evaluation,
+    module: FacRNNModule | None = None,
+    datamodule: RecordingDataModule | None = None,
+) -> list[Path]:
+    """Latents, connectivity, behaviour (M1) and training-curve PNGs of an evaluated run;
+    with ``module`` and ``datamodule`` of an imaging recording with a mask, also the loading
+    maps, frames and movie of :mod:`facrnn.plots.imaging`."""
+    from facrnn.plots import run as plots
+    from facrnn.plots.behaviour import write_behaviour_figures
+
+    figure_dir = run_dir / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    written = []
+    if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
+        written.append(
+            plots.plot_latents(
+                evaluation.true_latents,
+                evaluation.aligned_latents,
+                evaluation.true_group_sizes,
+                figure_dir / "latents.png",
+                title="true vs aligned latents (held-out bins)",
+            )
+        )
+    arrays = evaluation.arrays
+    if "W" in arrays:  # absent for MLP encoders/decoders
+        written.append(
+            plots.plot_connectivity(
+                arrays["W"],
+                arrays["W_groups"],
+                figure_dir / "connectivity.png",
+                true_w=arrays.get("W_true"),
+                true_group_w=arrays.get("W_groups_true"),
+                matching=evaluation.group_matching,
+            )
+        )
+    if "W" in arrays and "W_true" not in arrays:  # real data: a large W reads best with units sorted by loading
+        written.append(plots.plot_sorted_connectivity(arrays["W"], arrays["W_groups"], figure_dir / "connectivity_sorted.png"))
+    if evaluation.behaviour is not None:
+        written += write_behaviour_figures(figure_dir, evaluation.behaviour)
+    if evaluation.dynamics is not None:
+        from facrnn.plots.dynamics import write_dynamics_figures
+
+        written += write_dynamics_figures(figure_dir, evaluation.dynamics, evaluation.eval_group_sizes)
+    recording = None if datamodule is None else datamodule.recording
+    if module is not None and recording is not None and "channel_map" in recording.extras:
+        from facrnn.plots.imaging import write_imaging_figures
+
+        written += write_imaging_figures(
+            module.model,
+            recording,
+            figure_dir,
+            getattr(datamodule, "figure_settings", {}),
+            history=int(module.hparams.get("history", 1)),
+            test_times=datamodule.split_tensors("test")["time"].numpy(),
+        )
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    if metrics_csv.is_file():
+        written.append(plots.plot_training_curves(metrics_csv, figure_dir / "training_curves.png"))
+    restarts = read_restarts(run_dir)
+    if restarts is not None:
+        written.append(plots.plot_restarts(restarts, figure_dir / "restarts.png"))
+    return written
+
+
+def evaluate_posthoc(
+    run_dir: str | Path,
+    kind: str,
+    checkpoint: str = "best",
+    split: str = "test",
+    n_mc: int = 10,
+    seed: int = 0,
+    figures: bool = True,
+    datamodule: RecordingDataModule | None = None,
+    rollout_steps: int = 20,
+    dynamics: bool = True,
+) -> tuple[Evaluation, LowRankRNN]:
+    """Post-hoc variant of a trained run, scored like the run itself (same arguments as
+    :func:`facrnn.runs.pipeline.evaluate_run`).
+
+    Writes ``RUN/posthoc_<kind>/metrics.json`` (plus ``posthoc.json`` with the method name
+    and settings, and ``figures/``).
+
+    Returns
+    -------
+    (Evaluation, LowRankRNN)
+        The scores and the transformed model.
+    """
+    from facrnn.evaluation.posthoc import POSTHOC_DIR, POSTHOC_METHODS, posthoc_group_sizes, posthoc_model
+    from facrnn.evaluation.scoring import evaluate_model
+
+    if kind not in POSTHOC_METHODS:
+        raise ValueError(f"posthoc={kind!r}: expected one of {sorted(POSTHOC_METHODS)}")
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointNotFoundError(
+            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
+        )
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
+    module = load_checkpoint(checkpoint_path)
+    if datamodule is None:
+        datamodule = instantiate_datamodule(OmegaConf.load(config_path).datamodule)
+    model = module.model
+    model.eval()
+    transformed = posthoc_model(
+        model, kind, posthoc_group_sizes(model, datamodule), datamodule.split_tensors("train")["encoder_input"], seed
+    )
+    evaluation = evaluate_model(
+        transformed, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
+        history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
+        likelihood=str(module.hparams.get("likelihood", "gaussian")),
+    )
+    out_dir = run_dir / POSTHOC_DIR.format(kind=kind)
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    settings = {"method": POSTHOC_METHODS[kind], "kind": kind, "checkpoint": str(checkpoint_path), "split": split, "seed": seed}
+    (out_dir / "posthoc.json").write_text(json.dumps(settings, indent=2) + "\n")
+    log.info("post-hoc %s of %s: %s", kind, checkpoint_path, out_dir / METRICS_FILE)
+    if figures:
+        write_figures(out_dir, evaluation)
+    return evaluation, transformed

@@ -1,0 +1,255 @@
+"""Training faults that must not lose progress: atomic checkpoint writes and a clean stop on
+SIGTERM (SLURM pre-emption) or Ctrl-C that saves ``checkpoints/last.ckpt`` first.
+
+* :class:`AtomicCheckpointIO` (``trainer.plugins`` in ``conf/trainer/cpu.yaml``, inherited by
+  ``gpu`` and ``ddp``) writes every checkpoint to a temporary file in the target's directory,
+  flushes and fsyncs it and only then renames it onto the target, so a process killed
+  mid-save leaves the previous checkpoint intact.
+* Lightning itself turns SIGTERM into a ``SIGTERMException`` (a ``SystemExit``) raised after
+  the current batch, and a ``KeyboardInterrupt`` into ``sys.exit(1)``; both call the
+  callbacks' ``on_exception`` first. :class:`InterruptCheckpoint` (``conf/callbacks/default.yaml``)
+  saves ``last.ckpt`` there, and :func:`raise_if_interrupted` (called by
+  :func:`facrnn.runs.pipeline.train`) turns the exit into a :class:`TrainingInterrupted` whose
+  one-line message says where the checkpoint is and how to continue.
+
+See docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+TEMPORARY_SUFFIX = ".tmp"
+# exit status of a process stopped by signal N, as shells report it
+EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+def temporary_path(path: Path) -> Path:
+    """The hidden temporary file a checkpoint ``path`` is first written to (same directory)."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` that never leaves a partially written ``path``.
+
+    The object is written to a temporary file beside ``path``, flushed and fsynced, then
+    ``os.replace``d onto ``path``: a reader sees either the previous file or the new one.
+    Temporary files left by an earlier process killed mid-save are removed first.
+
+    Parameters
+    ----------
+    obj : Any
+        What to save (a Lightning checkpoint dict).
+    path : str or Path
+        Target file; its directory is created if missing.
+
+    Returns
+    -------
+    Path
+        The target path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` writing checkpoints atomically (write, fsync, rename).
+
+    Remote paths (``s3://``, ...) fall back to Lightning's own writer. Loading and removal
+    are :class:`~pytorch_lightning.plugins.io.TorchCheckpointIO`'s.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        """Save ``checkpoint`` to ``path`` atomically.
+
+        Raises
+        ------
+        TypeError
+            If ``storage_options`` is given (as Lightning's ``TorchCheckpointIO`` does).
+        """
+        if not _is_local_file_protocol(str(path)):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(
+                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
+                f" is not supported for `{self.__class__.__name__}`."
+            )
+        atomic_torch_save(checkpoint, path)
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """Where a training run was stopped by a signal and what was saved."""
+
+    signal_name: str
+    epoch: int
+    step: int
+    checkpoint: Path | None
+
+
+def interrupt_signal(exception: BaseException) -> str | None:
+    """``SIGTERM`` or ``SIGINT`` when ``exception`` is Lightning's reaction to that signal, else None."""
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    return None
+
+
+def claim_as_last(trainer: pl.Trainer, path: Path) -> None:
+    """Record ``path`` as the ``ModelCheckpoint``'s own last checkpoint when it is that file.
+
+    Otherwise the resumed run's ``ModelCheckpoint`` finds a ``last.ckpt`` it did not write
+    and saves ``last-v1.ckpt`` beside it, and a later ``ckpt_path=last`` would go back to
+    the stale file.
+    """
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.save_last or callback.dirpath is None:
+            continue
+        last_name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+        if Path(callback.dirpath) / last_name == path:
+            callback.last_model_path = str(path)
+
+
+class InterruptCheckpoint(pl.Callback):
+    """Saves ``last.ckpt`` when training is stopped by SIGTERM or Ctrl-C (SIGINT).
+
+    Only these interruptions save: a run stopped by an error (e.g. a non-finite loss) keeps
+    the last good checkpoint untouched. The save goes through the trainer's checkpoint IO,
+    so it is atomic with :class:`AtomicCheckpointIO`.
+
+    Parameters
+    ----------
+    dirpath : str, optional
+        Directory of the saved checkpoint; by default that of the trainer's
+        ``ModelCheckpoint`` (``${paths.output_dir}/checkpoints``), where ``ckpt_path=last``
+        looks.
+    filename : str
+        File name of the checkpoint ``ckpt_path=last`` resumes from.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+        self.interruption: Interruption | None = None
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """Where the interruption checkpoint goes (next to the ``ModelCheckpoint``'s files)."""
+        directory = self.dirpath
+        if directory is None and trainer.checkpoint_callback is not None:
+            directory = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if directory is None:
+            directory = str(Path(trainer.default_root_dir) / "checkpoints")
+        return Path(directory) / self.filename
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        signal_name = interrupt_signal(exception)
+        if signal_name is None:
+            return
+        saved: Path | None = self.checkpoint_path(trainer)
+        claim_as_last(trainer, saved)
+        try:
+            trainer.save_checkpoint(saved, weights_only=False)  # the full state: ckpt_path=last resumes from it
+        except Exception:  # noqa: BLE001 - report the interruption even if the save fails
+            log.exception("%s: could not save %s", signal_name, saved)
+            saved = None
+        self.interruption = Interruption(signal_name, int(trainer.current_epoch), int(trainer.global_step), saved)
+        if saved is not None:
+            log.warning(
+                "%s at epoch %d (step %d): saved %s", signal_name, trainer.current_epoch, trainer.global_step, saved
+            )
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped by SIGTERM or Ctrl-C after saving ``last.ckpt``.
+
+    A :class:`SystemExit` (like Lightning's own ``SIGTERMException``), so a multirun stops
+    instead of recording the job as failed and starting the next one. ``code`` is the
+    shell's status for the signal (143 for SIGTERM, 130 for SIGINT); ``message`` is the one
+    line ``train.py`` prints.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def interruption_message(interruption: Interruption, run_dir: Path) -> str:
+    """The one-line report of an interrupted run."""
+    where = f"{interruption.signal_name} at epoch {interruption.epoch} (step {interruption.step})"
+    if interruption.checkpoint is None:
+        return f"{where}: could not save a checkpoint; expected {run_dir / 'checkpoints'} to be writable"
+    return (
+        f"{where}: saved {interruption.checkpoint}; continue with: "
+        f"python train.py hydra.run.dir={run_dir} ckpt_path=last"
+    )
+
+
+def raise_if_interrupted(callbacks: Iterable[Any], run_dir: Path) -> None:
+    """Raise :class:`TrainingInterrupted` when an :class:`InterruptCheckpoint` recorded an interruption.
+
+    Called by :func:`facrnn.runs.pipeline.train` when ``trainer.fit`` exits with ``SystemExit`` or
+    ``KeyboardInterrupt``; returns quietly otherwise (the caller re-raises).
+    """
+    for callback in callbacks:
+        if isinstance(callback, InterruptCheckpoint) and callback.interruption is not None:
+            interruption = callback.interruption
+            raise TrainingInterrupted(interruption_message(interruption, run_dir), EXIT_CODES[interruption.signal_name])
+
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "InterruptCheckpoint",
+    "Interruption",
+    "TrainingInterrupted",
+    "atomic_torch_save",
+    "interrupt_signal",
+    "raise_if_interrupted",
+]

@@ -1,0 +1,87 @@
+"""experiment=monkey_m1: the paper's settings, the (G, H) configurations, any unit count,
+and the real entry points on the bundled session."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+
+from facrnn.core.grouping import resolve_group_sizes
+from facrnn.runs.pipeline import train
+from tests.helpers import compose_config
+from tests.helpers import run_script
+from tests.datamodules.test_monkey_m1 import reach_arrays
+
+
+def test_paper_settings(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=monkey_m1"], tmp_path)
+    model = cfg.model
+    assert model.name == "facrnn" and model.beta == 2.0 and model.alpha == 0.0
+    assert resolve_group_sizes(model.latent_dim, model.n_groups, model.group_sizes, model.group_rank) == [1, 1]
+    assert (model.link, model.optimizer, model.lr, model.weight_decay, model.width_samples) == ("relu", "adam", 1e-3, 0.0, 512)
+    assert (cfg.datamodule.batch_size, cfg.datamodule.split, cfg.datamodule.path) == (128, "all", None)
+    assert cfg.trainer.max_epochs == 1000
+
+
+def test_command_line_lrrnn_keeps_its_penalty_off(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=monkey_m1", "model=lrrnn"], tmp_path)
+    assert cfg.model.name == "lrrnn" and cfg.model.beta == 0.0 and cfg.model.n_groups == 1
+    assert (cfg.model.latent_dim, cfg.model.link, cfg.model.optimizer) == (2, "relu", "adam")
+    assert cfg.trainer.max_epochs == 1000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sizes", "beta"),
+    [
+        (["model=lrrnn"], [2], 0.0),  # (G, H) = (1, 2)
+        ([], [1, 1], 2.0),  # (2, 1)
+        (["model=lrrnn", "model.latent_dim=4"], [4], 0.0),  # (1, 4)
+        (["model.latent_dim=4"], [2, 2], 2.0),  # (2, 2)
+        (["model.latent_dim=4", "model.n_groups=4"], [1, 1, 1, 1], 2.0),  # (4, 1)
+    ],
+)
+def test_group_configurations_of_the_paper(overrides: list[str], sizes: list[int], beta: float, tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=monkey_m1", *overrides], tmp_path)
+    module = hydra.utils.instantiate(cfg.model, n_neurons=154, n_train=2352)
+    assert module.group_sizes == sizes and module.hparams.beta == beta
+    assert module.width == pytest.approx(512 ** (-1 / (sum(sizes) + 4)))
+
+
+def test_another_unit_count_needs_only_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "other_session.npz"
+    arrays = reach_arrays(n_trials=40, n_bins=10, n_units=37)
+    np.savez(path, neural=arrays["neural"], vel=arrays["vel"])
+    cfg = compose_config(
+        "train",
+        ["experiment=monkey_m1", f"datamodule.path={path}", "debug=short", "trainer.max_epochs=3", "logger=csv"],
+        tmp_path,
+    )
+    result = train(cfg)
+    metrics, run_dir = result["metrics"], Path(result["run_dir"])
+    assert {"latent_r2", "rotation_r2_min", "rotation_r2_max", "rotation_best_deg", "recon_r2", "partial_corr", "total_corr"} <= set(metrics)
+    assert 0.0 <= metrics["latent_r2"] <= 1.0
+    assert "W" not in metrics and "group_latent_r2" not in metrics  # no ground truth
+    with open(run_dir / "rotation_sweep.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 13
+    for name in ("reach_trajectories.png", "rotation_sweep.png", "connectivity_sorted.png"):
+        assert (run_dir / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_and_evaluate_the_bundled_session_from_the_command_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "m1_run"
+    trained = run_script("train.py", ["experiment=monkey_m1", "debug=short", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "latent_r2" in trained.stdout and "rotation_r2_max" in trained.stdout
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "rotation_sweep.csv").unlink()
+    evaluated = run_script("evaluate.py", [f"run_dir={run_dir}", "checkpoint=last", "n_mc=2"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "latent_r2" in evaluated.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["latent_r2"] <= 1.0
+    assert (run_dir / "rotation_sweep.csv").is_file()
