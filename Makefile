@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh clone:
 #   make train   bootstrap .venv, train FacRNN on the built-in synthetic benchmark, evaluate, print results
-#   make test    bootstrap .venv, run the test suite
+#   make test    bootstrap .venv, lint (ruff), run the test suite
 # Extra Hydra overrides: make train ARGS="experiment=synthetic_paper seed=1"
 
 PYTHON ?= python3
@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: venv train test test-all clean
+.PHONY: venv train lint test test-all clean
 
 venv: $(VENV)/.installed
 
@@ -26,10 +26,14 @@ $(VENV)/.installed: pyproject.toml
 train: venv
 	$(PY) train.py $(ARGS)
 
-test: venv
+# lint rules and import order: [tool.ruff] in pyproject.toml (also a pre-commit hook)
+lint: venv
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: venv
+test-all: lint
 	$(PY) -m pytest
 
 clean:

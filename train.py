@@ -7,8 +7,8 @@ import hydra
 from omegaconf import DictConfig
 
 from facrnn.cli.errors import exit_on_error
-from facrnn.runs.pipeline import train
 from facrnn.cli.report import format_metrics
+from facrnn.runs.pipeline import train
 from facrnn.runs.sweeps import objective_value, run_job_isolated
 
 

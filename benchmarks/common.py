@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: composing configs, the bare training loop,
+"""Shared helpers of the benchmark scripts: composing configs (facrnn.runs.compose), the bare training loop,
 timing callbacks, peak-memory measurement in a child process, table printing."""
 
 from __future__ import annotations
@@ -15,26 +15,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "conf")
+from facrnn.runs.compose import compose_train_config
 
-
-def compose_train_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` as ``@hydra.main`` would, with the run written to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+__all__ = [
+    "FitTimer",
+    "bare_loop",
+    "compose_train_config",
+    "machine_description",
+    "median",
+    "pipeline_overrides",
+    "print_table",
+    "quiet_training_runs",
+    "run_in_child",
+]
 
 
 class FitTimer(pl.Callback):
@@ -161,4 +155,3 @@ def pipeline_overrides(args: Any, *extra: str) -> list[str]:
         *extra,
         *args.override,
     ]
-

@@ -31,13 +31,16 @@ def eval_case(n: int, latent_dim: int, n_mc: int, max_samples: int | None, threa
 
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(n)
-    mixing = torch.eye(latent_dim, dtype=torch.float64) + 0.3 * torch.randn(latent_dim, latent_dim, generator=generator, dtype=torch.float64)
+    noise = torch.randn(latent_dim, latent_dim, generator=generator, dtype=torch.float64)
+    mixing = torch.eye(latent_dim, dtype=torch.float64) + 0.3 * noise
     means = torch.randn(n, latent_dim, generator=generator, dtype=torch.float64) @ mixing
     width = float(n) ** (-1.0 / (latent_dim + 4))
     group_sizes = [latent_dim // 2] * 2
     started = time.perf_counter()
     chunk_size = 10**12 if unchunked else None
-    value = partial_correlation_eval(means, width, group_sizes, n_mc=n_mc, seed=0, chunk_size=chunk_size, max_samples=max_samples)
+    value = partial_correlation_eval(
+        means, width, group_sizes, n_mc=n_mc, seed=0, chunk_size=chunk_size, max_samples=max_samples
+    )
     return {"value": value, "seconds": time.perf_counter() - started}
 
 
@@ -67,16 +70,38 @@ def main() -> None:
             full_seconds = result["seconds"] * n_samples / used
             naive_gib = n_samples * n * latent_dim * 8 / 2**30
             row = [
-                n, latent_dim, args.n_mc, used, result["seconds"], full_seconds if subsample else result["seconds"],
-                result["peak_rss_mib"], result["peak_rss_mib"] - result["baseline_rss_mib"], naive_gib, result["value"],
+                n,
+                latent_dim,
+                args.n_mc,
+                used,
+                result["seconds"],
+                full_seconds if subsample else result["seconds"],
+                result["peak_rss_mib"],
+                result["peak_rss_mib"] - result["baseline_rss_mib"],
+                naive_gib,
+                result["value"],
             ]
             if args.check:
                 unchunked = run_in_child(eval_case, n, latent_dim, args.n_mc, subsample, args.threads, True)
                 row += [unchunked["seconds"], unchunked["peak_rss_mib"], abs(result["value"] - unchunked["value"])]
             rows.append(row)
-            print(f"n={n} K={latent_dim}: {result['seconds']:.2f} s on {used} samples, peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
-    headers = ["n", "K", "n_mc", "samples used", "time s", "time s (full, extrapolated)", "peak RSS MiB",
-               "peak - imports MiB", "naive tensor GiB", "PC"]
+            print(
+                f"n={n} K={latent_dim}: {result['seconds']:.2f} s on {used} samples, "
+                f"peak RSS {result['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    headers = [
+        "n",
+        "K",
+        "n_mc",
+        "samples used",
+        "time s",
+        "time s (full, extrapolated)",
+        "peak RSS MiB",
+        "peak - imports MiB",
+        "naive tensor GiB",
+        "PC",
+    ]
     if args.check:
         headers += ["unchunked time s", "unchunked peak RSS MiB", "|chunked - unchunked|"]
     print_table(headers, rows, title="pc_eval: partial_correlation_eval, 2 equal groups, float64")

@@ -52,8 +52,11 @@ def main() -> None:
                     timings[name].append(time_estimator(name, samples, means, group_sizes, calls))
             fused, reference = median(timings["fused"]), median(timings["autograd"])
             rows.append([str(group_sizes), batch_size, 1e3 * reference, 1e3 * fused, reference / fused])
-    print_table(["groups", "batch", "autograd ms", "fused ms", "speed-up"], rows,
-                title=f"pc_train: forward + backward of the minibatch PC, median of {args.repeats}")
+    print_table(
+        ["groups", "batch", "autograd ms", "fused ms", "speed-up"],
+        rows,
+        title=f"pc_train: forward + backward of the minibatch PC, median of {args.repeats}",
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,13 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     warnings.filterwarnings("ignore")
-    overrides = [f"experiment={args.experiment}", f"logger={args.logger}", f"trainer.max_epochs={args.epochs}",
-                 "evaluate=false", *args.override]
+    overrides = [
+        f"experiment={args.experiment}",
+        f"logger={args.logger}",
+        f"trainer.max_epochs={args.epochs}",
+        "evaluate=false",
+        *args.override,
+    ]
     workdir = Path(tempfile.mkdtemp(prefix="facrnn_profile_"))
     print(f"machine: {machine_description()}")
     print(f"config: {' '.join(overrides)}")

@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from benchmarks.common import compose_train_config, machine_description, median, pipeline_overrides, print_table, quiet_training_runs
+from benchmarks.common import (
+    compose_train_config,
+    machine_description,
+    median,
+    pipeline_overrides,
+    print_table,
+    quiet_training_runs,
+)
 from facrnn.runs.pipeline import instantiate_datamodule, train
 from facrnn.training.runtime import training_threads
 
@@ -82,10 +89,22 @@ def main() -> None:
     print_table(
         ["path", "runs", "epochs", "wall s", "runs per hour", "s at 5,000 epochs (all runs)"],
         [
-            [f"{args.replicas} sequential plain runs (median x {args.replicas})", args.replicas, args.epochs, sequential,
-             3600 * args.replicas / sequential, sequential * 5000 / args.epochs],
-            [f"model.replicas={args.replicas}", args.replicas, args.epochs, replicated_seconds,
-             3600 * args.replicas / replicated_seconds, replicated_seconds * 5000 / args.epochs],
+            [
+                f"{args.replicas} sequential plain runs (median x {args.replicas})",
+                args.replicas,
+                args.epochs,
+                sequential,
+                3600 * args.replicas / sequential,
+                sequential * 5000 / args.epochs,
+            ],
+            [
+                f"model.replicas={args.replicas}",
+                args.replicas,
+                args.epochs,
+                replicated_seconds,
+                3600 * args.replicas / replicated_seconds,
+                replicated_seconds * 5000 / args.epochs,
+            ],
         ],
         title=f"replicas: {args.experiment}, model={args.model}, logger={args.logger}",
     )

@@ -96,10 +96,18 @@ def main() -> None:
             setting = {**BASE, **fixed, key: value}
             result = run_in_child(step_case, *setting.values(), args.steps, args.blocks)
             increment = result["peak_rss_mib"] - result["baseline_rss_mib"]
-            rows.append([
-                value, setting["n_samples"], setting["batch_size"], result["steps_per_epoch"], 1e3 * result["step_s"],
-                result["epoch_s"], result["peak_rss_mib"], increment,
-            ])
+            rows.append(
+                [
+                    value,
+                    setting["n_samples"],
+                    setting["batch_size"],
+                    result["steps_per_epoch"],
+                    1e3 * result["step_s"],
+                    result["epoch_s"],
+                    result["peak_rss_mib"],
+                    increment,
+                ]
+            )
             epoch_costs.append(result["epoch_s"])
             step_costs.append(result["step_s"])
             memory.append(max(increment, 1.0))
@@ -111,11 +119,17 @@ def main() -> None:
             f"batch={BASE['batch_size']}, K={BASE['latent_dim']})",
         )
         tail = slice(len(values) // 2, None)  # the asymptotic half of the sweep
-        summary.append([
-            sweep, f"{values[0]}..{values[-1]}", growth_exponent(values, epoch_costs),
-            growth_exponent(values[tail], epoch_costs[tail]), growth_exponent(values, step_costs),
-            growth_exponent(values[tail], step_costs[tail]), growth_exponent(values, memory),
-        ])
+        summary.append(
+            [
+                sweep,
+                f"{values[0]}..{values[-1]}",
+                growth_exponent(values, epoch_costs),
+                growth_exponent(values[tail], epoch_costs[tail]),
+                growth_exponent(values, step_costs),
+                growth_exponent(values[tail], step_costs[tail]),
+                growth_exponent(values, memory),
+            ]
+        )
     print_table(
         ["swept", "range", "epoch time exponent", "(upper half)", "step time exponent", "(upper half)", "memory exponent"],
         summary,

@@ -28,8 +28,8 @@ from benchmarks.common import (
     print_table,
     quiet_training_runs,
 )
-from facrnn.runs.pipeline import instantiate_datamodule, instantiate_module, train
 from facrnn.core.copies import configured_copies
+from facrnn.runs.pipeline import instantiate_datamodule, instantiate_module, train
 from facrnn.training.runtime import training_threads
 
 
@@ -91,10 +91,26 @@ def main() -> None:
     print_table(
         ["path", "epochs", "steps", "fit s", "total s", "steps/s", "ms/step", "fit s at 5,000 epochs"],
         [
-            ["pipeline (train.py path)", args.epochs, steps, pipeline_fit, pipeline_total, steps / pipeline_fit,
-             1e3 * pipeline_fit / steps, pipeline_fit * scale_to_paper],
-            ["bare PyTorch loop", args.epochs, bare_rows[0]["steps"], bare_fit, bare_fit, bare_rows[0]["steps"] / bare_fit,
-             1e3 * bare_fit / bare_rows[0]["steps"], bare_fit * scale_to_paper],
+            [
+                "pipeline (train.py path)",
+                args.epochs,
+                steps,
+                pipeline_fit,
+                pipeline_total,
+                steps / pipeline_fit,
+                1e3 * pipeline_fit / steps,
+                pipeline_fit * scale_to_paper,
+            ],
+            [
+                "bare PyTorch loop",
+                args.epochs,
+                bare_rows[0]["steps"],
+                bare_fit,
+                bare_fit,
+                bare_rows[0]["steps"] / bare_fit,
+                1e3 * bare_fit / bare_rows[0]["steps"],
+                bare_fit * scale_to_paper,
+            ],
         ],
         title=f"train_speed: {args.experiment}, model={args.model}, logger={args.logger}, median of {args.repeats}",
     )

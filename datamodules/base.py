@@ -12,14 +12,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.recording import Recording, drop_constant_channels
-from datamodules.validation import check_nan_policy, warn_if_axes_swapped
-from facrnn.errors import ConfigError, DataError
 from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
+from datamodules.settings import DataModuleSettings, check_history_fits
+from datamodules.validation import warn_if_axes_swapped
 from facrnn.core.model import encoder_input
+from facrnn.errors import DataError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("even_odd", "trials", "all", "blocks")
 
 
 def block_split(n_bins: int, n_blocks: int, val_fraction: float, test_fraction: float, gap: int = 0) -> dict[str, np.ndarray]:
@@ -116,7 +115,9 @@ class BinDataset(Dataset):
     def __len__(self) -> int:
         return int(self.tensors["x"].shape[0])
 
-    def __getitem__(self, indices: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+    def __getitem__(
+        self, indices: torch.Tensor | list[torch.Tensor]
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         # a list of index tensors (GroupedBatchSampler) gives a list of batches; (C, batch)
         # indices (CopyIndexSampler) give (C, batch, ...) tensors
         if isinstance(indices, list):
@@ -241,11 +242,19 @@ class RecordingDataModule(pl.LightningDataModule):
         nan_policy: str = "error",
     ) -> None:
         super().__init__()
-        if split not in SPLITS:
-            raise ValueError(f"datamodule.split={split!r}: expected one of {SPLITS}")
-        if batch_size < 1:
-            raise ConfigError(f"datamodule.batch_size={batch_size}: expected a positive integer")
-        self.nan_policy = check_nan_policy(nan_policy)
+        # the rules of every datamodule config (datamodules/settings.py), also for datamodules built in Python
+        DataModuleSettings(
+            batch_size=batch_size,
+            split=split,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=split_seed,
+            history=history,
+            n_blocks=n_blocks,
+            split_gap=split_gap,
+            nan_policy=nan_policy,
+        )
+        self.nan_policy = nan_policy
         self.batch_size = int(batch_size)
         self.split = split
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -272,11 +281,8 @@ class RecordingDataModule(pl.LightningDataModule):
         if self.drop_constant_channels:
             recording = drop_constant_channels(recording)
         n_bins = recording.x.shape[1]
-        if self.history >= n_bins and not recording.single_sequence:
-            raise ConfigError(
-                f"model.history={self.history}: trials of {recording.source} have {n_bins} bins; "
-                f"expected fewer lags than the {n_bins} bins of a trial"
-            )
+        if not recording.single_sequence:  # one long recording pads its start with zeros instead
+            check_history_fits(self.history, n_bins, recording.source)
         x = torch.from_numpy(recording.x)
         missing_past = "zero" if recording.single_sequence else "first"
         per_bin = {"x": x, "encoder_input": encoder_input(x, self.history, missing_past)}
@@ -293,7 +299,10 @@ class RecordingDataModule(pl.LightningDataModule):
         for name, mask in masks.items():
             flat_mask = torch.from_numpy(mask.reshape(-1))
             self.splits[name] = BinDataset(
-                {key: value.reshape(n_trials * n_bins, *value.shape[2:])[flat_mask].contiguous() for key, value in per_bin.items()}
+                {
+                    key: value.reshape(n_trials * n_bins, *value.shape[2:])[flat_mask].contiguous()
+                    for key, value in per_bin.items()
+                }
             )
         self.recording = recording
         n_train = len(self.splits["train"])
@@ -306,8 +315,13 @@ class RecordingDataModule(pl.LightningDataModule):
             )
         log.info(
             "%s: %d trials x %d bins x %d channels; train/val/test samples %d/%d/%d",
-            recording.source, n_trials, n_bins, recording.n_channels,
-            n_train, len(self.splits["val"]), len(self.splits["test"]),
+            recording.source,
+            n_trials,
+            n_bins,
+            recording.n_channels,
+            n_train,
+            len(self.splits["val"]),
+            len(self.splits["test"]),
         )
 
     def trial_strata(self, recording: Recording) -> np.ndarray | None:

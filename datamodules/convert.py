@@ -60,14 +60,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         """Resolve an allowed global; raise ``DataError`` for any other, without importing it."""
         if (module, name) not in ALLOWED_GLOBALS:
             raise DataError(
-                f"{self.source}: refused to load global {module}.{name}; "
-                "expected only numpy arrays and plain containers"
+                f"{self.source}: refused to load global {module}.{name}; expected only numpy arrays and plain containers"
             )
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         """Persistent references point outside the file; refuse them."""
-        raise DataError(f"{self.source}: refused a persistent reference {str(pid)[:50]!r}; expected only numpy arrays and plain containers")
+        raise DataError(
+            f"{self.source}: refused a persistent reference {str(pid)[:50]!r}; expected only numpy arrays and plain containers"
+        )
 
 
 def load_restricted(path: str | Path) -> Any:
@@ -101,8 +102,10 @@ def _as_dataset_value(value: Any) -> np.ndarray | None:
         return value
     if isinstance(value, (bool, int, float, complex, np.generic)):
         return np.asarray(value)
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(item, (bool, int, float, np.generic, np.ndarray)) for item in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(item, (bool, int, float, np.generic, np.ndarray)) for item in value)
     ):
         try:
             array = np.asarray(value)
@@ -169,7 +172,9 @@ def convert(in_path: str | Path, out_path: str | Path, overwrite: bool = False) 
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(f"{out_path}: unsupported output extension {out_path.suffix!r}; expected one of {list(OUTPUT_SUFFIXES)}")
+        raise DataError(
+            f"{out_path}: unsupported output extension {out_path.suffix!r}; expected one of {list(OUTPUT_SUFFIXES)}"
+        )
     if out_path.exists() and not overwrite:
         raise DataError(f"{out_path}: already exists; expected a new file name (or --overwrite)")
     content = load_restricted(in_path)

@@ -50,7 +50,9 @@ def read_arrays(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray
                         continue
                     item = stored[key]
                     if not isinstance(item, h5py.Dataset):
-                        raise DataError(f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not a dataset; expected an array")
+                        raise DataError(
+                            f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not a dataset; expected an array"
+                        )
                     arrays[key] = np.asarray(item[()])
     for key, value in arrays.items():
         arrays[key] = numeric_array(value, key, str(path))

@@ -299,12 +299,16 @@ def load_nwb(
     with reading(path, "NWB"), NWBHDF5IO(str(path), "r") as io:
         nwb = io.read()
         if nwb.units is None or "spike_times" not in nwb.units.colnames:
-            raise DataError(f"{path}: no 'units' table with spike_times; expected sorted units with their spike times (NWB ecephys)")
+            raise DataError(
+                f"{path}: no 'units' table with spike_times; expected sorted units with their spike times (NWB ecephys)"
+            )
         if nwb.trials is None:
             raise DataError(f"{path}: no 'intervals/trials' table; expected a trials table with the align event")
         trials, units = nwb.trials, nwb.units
         if align_event not in trials.colnames:
-            raise DataError(f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}")
+            raise DataError(
+                f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}"
+            )
         align = np.asarray(trials[align_event].data[:], dtype=np.float64)
         keep = np.isfinite(align)
         if trial_splits is not None and "split" in trials.colnames:
@@ -339,7 +343,15 @@ def load_nwb(
         keep &= inside & np.isfinite(velocity).all(axis=(1, 2))
     if not keep.any():
         raise DataError(f"{path}: no trial left after removing NaN {align_event}, other splits and missing behaviour")
-    log.info("%s: %d of %d trials kept, %d units, %d bins of %g ms", path, keep.sum(), len(keep), len(spike_times), n_bins, bin_size_ms)
+    log.info(
+        "%s: %d of %d trials kept, %d units, %d bins of %g ms",
+        path,
+        keep.sum(),
+        len(keep),
+        len(spike_times),
+        n_bins,
+        bin_size_ms,
+    )
     neural = bin_spike_times(spike_times, left[keep])
     return ReachData(neural=neural, velocity=None if velocity is None else velocity[keep])
 
@@ -389,7 +401,14 @@ def load_m1_recording(
         direction = reach_directions(velocity, n_directions)
     if direction is not None:
         extras["direction"] = direction
-    log.info("%s: %d trials x %d bins, %d of %d units kept, scaling %s", path, *x.shape[:2], x.shape[2], data.neural.shape[2], scaling)
+    log.info(
+        "%s: %d trials x %d bins, %d of %d units kept, scaling %s",
+        path,
+        *x.shape[:2],
+        x.shape[2],
+        data.neural.shape[2],
+        scaling,
+    )
     return Recording(x=x, behaviour=velocity, source=where, extras=extras)
 
 

@@ -49,8 +49,8 @@ from datamodules.validation import (
     reading,
 )
 from datamodules.voltage_simulator import simulate_voltage_imaging
-from facrnn.errors import ConfigError, DataError
 from facrnn.core.model import encoder_input
+from facrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ def read_array_file(path: str | Path) -> ImagingData:
             "(time, height, width) or 'traces' (time, channels), optionally 'mask' and 'fs'"
         )
     fs = positive_scalar(arrays["fs"], "fs", where) if "fs" in arrays else None
-    group_sizes = integer_labels(arrays["group_sizes"], "group_sizes", where, minimum=1).tolist() if "group_sizes" in arrays else None
+    group_sizes = (
+        integer_labels(arrays["group_sizes"], "group_sizes", where, minimum=1).tolist() if "group_sizes" in arrays else None
+    )
     return ImagingData(
         traces=traces,
         channel_map=channel_map,
@@ -338,12 +340,20 @@ def check_imaging(data: ImagingData, nan_policy: str = "error") -> ImagingData:
         A = numeric_array(data.A, "A", where)
         width = None if latents is None else latents.shape[1]
         if A.ndim != 2 or A.shape[0] != n_channels or (width is not None and A.shape[1] != width):
-            raise DataError(f"{where}: 'A' has shape {A.shape} but 'traces' has shape {traces.shape}; expected (channels={n_channels}, K={width})")
+            raise DataError(
+                f"{where}: 'A' has shape {A.shape} but 'traces' has shape {traces.shape}; "
+                f"expected (channels={n_channels}, K={width})"
+            )
     if data.offset is not None and numeric_array(data.offset, "offset", where).shape != (n_channels,):
-        raise DataError(f"{where}: 'offset' has shape {np.shape(data.offset)} but 'traces' has shape {traces.shape}; expected ({n_channels},)")
+        raise DataError(
+            f"{where}: 'offset' has shape {np.shape(data.offset)} but 'traces' has shape {traces.shape}; "
+            f"expected ({n_channels},)"
+        )
     repaired, _ = apply_nan_policy(
         {"traces": traces[None], "latents": None if latents is None else latents[None]},
-        nan_policy, where, single_sequence=True,
+        nan_policy,
+        where,
+        single_sequence=True,
     )
     return replace(
         data,
@@ -400,8 +410,11 @@ def bandpass_filter(values: np.ndarray, fs: float, band: Sequence[float | None],
 
     low, high = (None if edge is None else float(edge) for edge in band)
     nyquist = fs / 2.0
-    if (low is None and high is None) or (low is not None and low <= 0) or (high is not None and high >= nyquist) or (
-        low is not None and high is not None and low >= high
+    if (
+        (low is None and high is None)
+        or (low is not None and low <= 0)
+        or (high is not None and high >= nyquist)
+        or (low is not None and high is not None and low >= high)
     ):
         raise ValueError(
             f"datamodule.bandpass={list(band)}: expected [low, high] Hz with 0 < low < high < fs/2 = {nyquist:g} "
@@ -474,9 +487,7 @@ def preprocess(
     )
 
 
-def oracle_encoder(
-    x: np.ndarray, latents: np.ndarray, history: int = 1, ridge: float = 1e-2
-) -> tuple[np.ndarray, np.ndarray]:
+def oracle_encoder(x: np.ndarray, latents: np.ndarray, history: int = 1, ridge: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     """Ridge-regression input projection of the true latents from the model's encoder input.
 
     ``z_t ≈ B u_t + b`` with ``u_t = sum_l psi_l tanh(x_{t-l})`` (zero past): the best
@@ -519,7 +530,9 @@ def to_recording(data: ImagingData, history: int = 1) -> Recording:
     A = B = None
     if data.A is not None and latents is not None:
         if data.A.shape != (n_channels, latents.shape[1]):
-            raise DataError(f"{data.source}: 'A' has shape {data.A.shape}; expected (channels={n_channels}, K={latents.shape[1]})")
+            raise DataError(
+                f"{data.source}: 'A' has shape {data.A.shape}; expected (channels={n_channels}, K={latents.shape[1]})"
+            )
         A = data.A
         B, _ = oracle_encoder(data.traces, latents, history)
     return Recording(

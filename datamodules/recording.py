@@ -108,7 +108,9 @@ class Recording:
         if (self.A is None) != (self.B is None):
             raise DataError(f"{where}: only one of 'A' and 'B' given; expected both or neither")
         if self.A is not None and self.B is not None and self.A.shape[1] != self.B.shape[0]:
-            raise DataError(f"{where}: 'A' has shape {self.A.shape} but 'B' has shape {self.B.shape}; expected A (N, K) and B (K, N)")
+            raise DataError(
+                f"{where}: 'A' has shape {self.A.shape} but 'B' has shape {self.B.shape}; expected A (N, K) and B (K, N)"
+            )
         if self.group_sizes is not None:
             self.group_sizes = integer_labels(self.group_sizes, "group_sizes", where, minimum=1).tolist()
             width = n_true if n_true is not None else (self.A.shape[1] if self.A is not None else None)
@@ -166,7 +168,10 @@ def drop_constant_channels(recording: Recording) -> Recording:
     kept = np.flatnonzero(varies)
     log.warning(
         "%s: dropped %d zero-variance channels of %d; %d channels remain",
-        recording.source, int((~varies).sum()), varies.size, kept.size,
+        recording.source,
+        int((~varies).sum()),
+        varies.size,
+        kept.size,
     )
     extras = dict(recording.extras)
     if "units_kept" in extras:

@@ -51,10 +51,7 @@ class CopyIndexSampler(Sampler):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         orders = torch.stack(
-            [
-                torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(seed + self.epoch))
-                for seed in self.seeds
-            ]
+            [torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(seed + self.epoch)) for seed in self.seeds]
         )  # (C, n_samples)
         yield from orders.split(self.batch_size, dim=1)  # (C, batch) each
 

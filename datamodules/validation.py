@@ -82,8 +82,7 @@ def reading(path: str | Path, kind: str) -> Iterator[None]:
     except Exception as error:  # noqa: BLE001 - the boundary to untrusted files
         detail = " ".join(str(error).split())[:200] or "no detail"
         raise DataError(
-            f"{path}: cannot be read as {kind} ({type(error).__name__}: {detail}); "
-            f"expected a valid, complete {kind} file"
+            f"{path}: cannot be read as {kind} ({type(error).__name__}: {detail}); expected a valid, complete {kind} file"
         ) from error
 
 
@@ -117,7 +116,9 @@ def check_ndim(array: np.ndarray, name: str, where: str, ndims: Sequence[int], l
 def check_not_empty(array: np.ndarray, name: str, where: str, layout: str) -> np.ndarray:
     """Raise if ``array`` has no element."""
     if array.size == 0:
-        raise DataError(f"{where}: '{name}' is empty (shape {array.shape}); expected at least one value along every axis of {layout}")
+        raise DataError(
+            f"{where}: '{name}' is empty (shape {array.shape}); expected at least one value along every axis of {layout}"
+        )
     return array
 
 
@@ -151,9 +152,8 @@ def non_finite_message(
     first = np.unravel_index(int(np.argmax(bad.ravel())), array.shape)
     position = ", ".join(f"{axis} {int(index)}" for axis, index in zip(axes, first))
     n_nan = int(np.isnan(array).sum())
-    return (
-        f"{where}: '{name}' holds {n_bad} NaN/Inf values ({n_nan} NaN, {n_bad - n_nan} Inf; first at {position}); "
-        + ("expected finite values, or datamodule.nan_policy=drop|interpolate" if repairable else "expected finite values")
+    return f"{where}: '{name}' holds {n_bad} NaN/Inf values ({n_nan} NaN, {n_bad - n_nan} Inf; first at {position}); " + (
+        "expected finite values, or datamodule.nan_policy=drop|interpolate" if repairable else "expected finite values"
     )
 
 
@@ -190,9 +190,12 @@ def warn_if_axes_swapped(shape: tuple[int, ...], name: str, where: str) -> bool:
     n_bins, n_channels = shape[-2], shape[-1]
     if n_channels > n_bins:
         log.warning(
-            "%s: '%s' has shape %s, more channels (%d) than time bins (%d); are the axes swapped? "
-            "Expected (time, channels)",
-            where, name, tuple(shape), n_channels, n_bins,
+            "%s: '%s' has shape %s, more channels (%d) than time bins (%d); are the axes swapped? Expected (time, channels)",
+            where,
+            name,
+            tuple(shape),
+            n_channels,
+            n_bins,
         )
         return True
     return False
@@ -215,7 +218,9 @@ def positive_scalar(value: object, name: str, where: str) -> float:
     """A single finite positive number (e.g. a frame rate)."""
     array = numeric_array(value, name, where)
     if array.size != 1 or not np.isfinite(array.astype(np.float64)).all() or float(array.ravel()[0]) <= 0:
-        raise DataError(f"{where}: '{name}' is {array.ravel()[:4].tolist()} with shape {array.shape}; expected one positive number")
+        raise DataError(
+            f"{where}: '{name}' is {array.ravel()[:4].tolist()} with shape {array.shape}; expected one positive number"
+        )
     return float(array.ravel()[0])
 
 
@@ -303,11 +308,15 @@ def apply_nan_policy(
             )
         for name, value in present.items():
             result[name] = value[:, keep_bins]
-        log.warning("%s: nan_policy=drop removed %d of %d bins holding NaN/Inf", where, int((~keep_bins).sum()), keep_bins.size)
+        log.warning(
+            "%s: nan_policy=drop removed %d of %d bins holding NaN/Inf", where, int((~keep_bins).sum()), keep_bins.size
+        )
         return result, kept_trials
     keep = ~any_bad.any(axis=1)
     if not keep.any():
-        raise DataError(f"{where}: nan_policy=drop would remove all {n_trials} trials; expected some trials with finite values")
+        raise DataError(
+            f"{where}: nan_policy=drop would remove all {n_trials} trials; expected some trials with finite values"
+        )
     for name, value in present.items():
         result[name] = value[keep]
     log.warning("%s: nan_policy=drop removed %d of %d trials holding NaN/Inf", where, int((~keep).sum()), n_trials)

@@ -104,7 +104,14 @@ def oscillator_latents(
     dt = 1.0 / (fs * substeps)
     omega = 2.0 * np.pi * frequency
     n_burn = int(round(fs))
-    kicks = noise * np.sqrt(dt) * (rng.standard_normal(((n_frames + n_burn) * substeps,)) + 1j * rng.standard_normal(((n_frames + n_burn) * substeps,)))
+    kicks = (
+        noise
+        * np.sqrt(dt)
+        * (
+            rng.standard_normal(((n_frames + n_burn) * substeps,))
+            + 1j * rng.standard_normal(((n_frames + n_burn) * substeps,))
+        )
+    )
     state = complex(np.exp(2j * np.pi * rng.uniform()))
     states = np.empty(n_frames + n_burn, dtype=complex)
     for frame in range(n_frames + n_burn):
@@ -186,7 +193,10 @@ def simulate_voltage_imaging(
     maps = footprint_maps(mask)
     loadings = amplitude * maps[:, mask].T  # (P, K)
     latents = np.concatenate(
-        [oscillator_latents(n_frames, fs, f, within_corr, rng, relaxation=r, noise=noise_level) for f, r, noise_level in zip(frequencies, relaxations, latent_noise)],
+        [
+            oscillator_latents(n_frames, fs, f, within_corr, rng, relaxation=r, noise=noise_level)
+            for f, r, noise_level in zip(frequencies, relaxations, latent_noise)
+        ],
         axis=1,
     )
     latents = (latents - latents.mean(0)) / latents.std(0)

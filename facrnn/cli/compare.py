@@ -40,14 +40,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
-from facrnn.evaluation.posthoc import POSTHOC_DIR, POSTHOC_METHODS
-from facrnn.runs.run_dir import has_plain_checkpoint
+from facrnn.evaluation.posthoc import POSTHOC_METHODS
+from facrnn.evaluation.settings import EvalSettings
+from facrnn.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.md"
-PERMUTATION_FILE = "permutation.json"
 ID_COLUMNS = ("method", "seed", "dataset", "run_dir")
 # Preferred method order in tables and figures; others follow alphabetically.
 METHOD_ORDER = ("facrnn", "lrrnn", "lrrnn_ica", "lint", "bdrnn", "facrnn_full")
@@ -56,9 +56,18 @@ CLAIM_METRICS = {"partial_corr": "lower", "group_latent_r2": "higher"}
 CLAIM_BASELINES = ("lrrnn", "lrrnn_ica", "lint")
 # Metrics drawn as box plots (those present); --box-metrics changes the list.
 BOX_METRICS = (
-    "partial_corr", "group_latent_r2", "perm_group_latent_r2_max", "component_latent_r2", "total_corr",
-    "recon_r2", "cond_loglik", "connectivity_r2", "sub_connectivity_r2", "sub_connectivity_rmse",
-    "rollout_r2_auc", "group_coupling",
+    "partial_corr",
+    "group_latent_r2",
+    "perm_group_latent_r2_max",
+    "component_latent_r2",
+    "total_corr",
+    "recon_r2",
+    "cond_loglik",
+    "connectivity_r2",
+    "sub_connectivity_r2",
+    "sub_connectivity_rmse",
+    "rollout_r2_auc",
+    "group_coupling",
 )
 # Per-horizon series (rollout_r2_k1, ...) stay in results.csv but not in the markdown tables.
 SERIES_METRIC = re.compile(r".*_k\d+$")
@@ -67,10 +76,10 @@ __all__ = [
     "RunVariant",
     "collect",
     "discover_runs",
+    "main",
     "method_name",
     "paired_tests",
     "summarise",
-    "main",
 ]
 
 
@@ -90,9 +99,16 @@ class RunVariant:
     permutation: dict[str, Any] | None = None
 
     @property
+    def files(self) -> RunDir:
+        """The directory of this variant's ``metrics.json`` and ``permutation.json``: the run's
+        own, or its ``posthoc_<kind>`` directory."""
+        run = RunDir(self.run_dir)
+        return run if self.kind is None else run.posthoc(self.kind)
+
+    @property
     def out_dir(self) -> Path:
         """Where this variant's ``metrics.json`` and ``permutation.json`` live."""
-        return self.run_dir if self.kind is None else self.run_dir / POSTHOC_DIR.format(kind=self.kind)
+        return self.files.path
 
 
 def discover_runs(directories: Iterable[str | Path]) -> list[Path]:
@@ -104,13 +120,11 @@ def discover_runs(directories: Iterable[str | Path]) -> list[Path]:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: not a directory; expected a sweep (multirun) directory")
-        for config in directory.rglob("config.yaml"):
-            if config.parent.name.startswith("posthoc_") or ".hydra" in config.parts:
-                continue
-            if has_plain_checkpoint(config.parent):
-                runs.add(config.parent.resolve())
-            elif not (config.parent / "checkpoints" / "copies").is_dir():  # batched copies: their replicas are the runs
-                log.warning("%s: no checkpoints/best.ckpt or last.ckpt (a fast_dev_run?), skipped", config.parent)
+        for run in RunDir.runs_under(directory):
+            if run.is_plain_run():
+                runs.add(run.path.resolve())
+            elif not run.has_copies():  # batched copies: their replicas are the runs
+                log.warning("%s: no checkpoints/best.ckpt or last.ckpt (a fast_dev_run?), skipped", run.path)
     return sorted(runs)
 
 
@@ -154,11 +168,10 @@ class DataCache:
 
 def load_variant_model(variant: RunVariant, datamodule: Any, checkpoint: str = "best", seed: int = 0) -> Any:
     """The ``LowRankRNN`` of a run, post-hoc transformed when ``variant.kind`` is set."""
-    from facrnn.runs.checkpoints import load_checkpoint
-    from facrnn.runs.pipeline import find_checkpoint
     from facrnn.evaluation.posthoc import posthoc_group_sizes, posthoc_model
+    from facrnn.runs.checkpoints import load_checkpoint
 
-    model = load_checkpoint(find_checkpoint(variant.run_dir, checkpoint)).model
+    model = load_checkpoint(RunDir(variant.run_dir).find_checkpoint(checkpoint)).model
     model.eval()
     if variant.kind is None:
         return model
@@ -173,41 +186,50 @@ def posterior_means(model: Any, tensors: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def ensure_scored(
-    variant: RunVariant, data: DataCache, options: argparse.Namespace, config: DictConfig
+    variant: RunVariant, data: DataCache, config: DictConfig, settings: EvalSettings, force: bool = False
 ) -> None:
-    """Fill ``variant.metrics`` and ``variant.permutation``, computing and caching what is missing."""
-    from facrnn.evaluation.permutation import permutation_analysis
-    from facrnn.runs.pipeline import METRICS_FILE, evaluate_run, find_checkpoint
-    from facrnn.runs.pipeline import evaluate_posthoc
+    """Fill ``variant.metrics`` and ``variant.permutation``, computing and caching what is missing.
 
-    metrics_path = variant.out_dir / METRICS_FILE
-    permutation_path = variant.out_dir / PERMUTATION_FILE
-    checkpoint_time = find_checkpoint(variant.run_dir, options.checkpoint).stat().st_mtime
+    Parameters
+    ----------
+    variant : RunVariant
+        The run (or post-hoc variant) to score.
+    data : DataCache
+        Datamodules shared between runs.
+    config : DictConfig
+        The run's ``config.yaml``.
+    settings : EvalSettings
+        How a missing or outdated ``metrics.json`` is computed.
+    force : bool
+        Recompute even what is cached and up to date.
+    """
+    from facrnn.evaluation.permutation import permutation_analysis
+    from facrnn.runs.pipeline import evaluate_posthoc, evaluate_run
+
+    metrics_path = variant.files.metrics_file
+    permutation_path = variant.files.permutation_file
+    checkpoint_time = RunDir(variant.run_dir).find_checkpoint(settings.checkpoint).stat().st_mtime
 
     def outdated(path: Path) -> bool:
         """Missing, or older than the checkpoint (the run was still training, or was retrained)."""
-        return options.force or not path.is_file() or path.stat().st_mtime < checkpoint_time
+        return force or not path.is_file() or path.stat().st_mtime < checkpoint_time
 
     datamodule = None
     if outdated(metrics_path):
         datamodule = data.get(config.datamodule)
         if variant.kind is None:
-            evaluate_run(variant.run_dir, options.checkpoint, options.split, options.n_mc, options.eval_seed,
-                         figures=options.run_figures, datamodule=datamodule,
-                         rollout_steps=options.rollout_steps, dynamics=not options.no_dynamics)
+            evaluate_run(variant.run_dir, settings, datamodule=datamodule)
         else:
-            evaluate_posthoc(variant.run_dir, variant.kind, options.checkpoint, options.split, options.n_mc,
-                             options.eval_seed, figures=options.run_figures, datamodule=datamodule,
-                             rollout_steps=options.rollout_steps, dynamics=not options.no_dynamics)
+            evaluate_posthoc(variant.run_dir, variant.kind, settings, datamodule=datamodule)
     variant.metrics = json.loads(metrics_path.read_text())
     if outdated(permutation_path) or permutation_path.stat().st_mtime < metrics_path.stat().st_mtime:
         datamodule = datamodule or data.get(config.datamodule)
-        tensors = datamodule.split_tensors(options.split)
+        tensors = datamodule.split_tensors(settings.split)
         true_sizes = datamodule.recording.group_sizes
         if "latents" not in tensors or true_sizes is None:
             permutation = {"partitions": [], "scores": []}
         else:
-            model = load_variant_model(variant, datamodule, options.checkpoint, options.eval_seed)
+            model = load_variant_model(variant, datamodule, settings.checkpoint, settings.seed)
             true_latents = tensors["latents"].double().numpy()
             if true_latents.shape[1] != model.latent_dim:
                 permutation = {"partitions": [], "scores": []}
@@ -218,11 +240,30 @@ def ensure_scored(
 
 
 def collect(
-    directories: Sequence[str | Path], options: argparse.Namespace, progress: bool = True
+    directories: Sequence[str | Path],
+    settings: EvalSettings,
+    posthoc_from: str = "lrrnn",
+    posthoc_kinds: Sequence[str] = tuple(sorted(POSTHOC_METHODS)),
+    force: bool = False,
+    progress: bool = True,
 ) -> list[RunVariant]:
-    """Every run (and post-hoc variant) under ``directories``, scored."""
-    from facrnn.runs.pipeline import find_checkpoint
+    """Every run (and post-hoc variant) under ``directories``, scored.
 
+    Parameters
+    ----------
+    directories : sequence of str or Path
+        Sweep directories, searched recursively.
+    settings : EvalSettings
+        How runs without (up-to-date) metrics are scored.
+    posthoc_from : str
+        The method whose runs (linear encoder and decoder) get post-hoc variants.
+    posthoc_kinds : sequence of str
+        The post-hoc variants computed (``ica``, ``svd``).
+    force : bool
+        Re-score everything.
+    progress : bool
+        Show a progress bar.
+    """
     runs = discover_runs(directories)
     if not runs:
         raise FileNotFoundError(
@@ -231,13 +272,13 @@ def collect(
     data = DataCache()
     todo: list[tuple[RunVariant, DictConfig]] = []
     for run_dir in runs:
-        config = OmegaConf.load(run_dir / "config.yaml")
+        config = OmegaConf.load(RunDir(run_dir).config_file)
         method = method_name(config.model)
         base = RunVariant(run_dir, method, int(config.get("seed", 0)), dataset_name(config.datamodule))
         todo.append((base, config))
         linear = "mlp" not in (config.model.get("encoder", "linear"), config.model.get("decoder", "linear"))
-        if method == options.posthoc_from and linear:
-            for kind in options.posthoc:
+        if method == posthoc_from and linear:
+            for kind in posthoc_kinds:
                 todo.append((RunVariant(run_dir, POSTHOC_METHODS[kind], base.seed, base.dataset, kind=kind), config))
     variants = []
     iterator: Iterable = todo
@@ -246,13 +287,13 @@ def collect(
 
         iterator = track(todo, description="scoring runs", transient=True)
     for variant, config in iterator:
-        torch.manual_seed(options.eval_seed)
+        torch.manual_seed(settings.seed)
         try:
-            find_checkpoint(variant.run_dir, options.checkpoint)
+            RunDir(variant.run_dir).find_checkpoint(settings.checkpoint)
         except FileNotFoundError as error:  # no checkpoint yet: a run that is still starting
             log.warning("%s: skipped (%s)", variant.run_dir, error)
             continue
-        ensure_scored(variant, data, options, config)
+        ensure_scored(variant, data, config, settings, force=force)
         variants.append(variant)
     return variants
 
@@ -299,8 +340,14 @@ def metric_columns(rows: Sequence[dict[str, Any]], series: bool = True) -> list[
     """
     columns: list[str] = []
     for row in rows:
-        columns += [key for key, value in row.items() if key not in ID_COLUMNS and key not in columns
-                    and isinstance(value, (int, float)) and (series or not SERIES_METRIC.match(key))]
+        columns += [
+            key
+            for key, value in row.items()
+            if key not in ID_COLUMNS
+            and key not in columns
+            and isinstance(value, (int, float))
+            and (series or not SERIES_METRIC.match(key))
+        ]
     return columns
 
 
@@ -319,8 +366,13 @@ def summarise(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[st
     for method in methods_of(rows):
         result[method] = {}
         for metric in metrics:
-            values = np.array([row[metric] for row in rows if row["method"] == method
-                               and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])])
+            values = np.array(
+                [
+                    row[metric]
+                    for row in rows
+                    if row["method"] == method and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])
+                ]
+            )
             n = int(values.size)
             mean = float(values.mean()) if n else float("nan")
             se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -365,16 +417,18 @@ def paired_tests(
                 t, p = float(test.statistic), float(test.pvalue)
             else:
                 t = p = float("nan")
-            results.append({
-                "metric": metric,
-                "baseline": baseline,
-                "n": len(keys),
-                "reference_mean": float(a.mean()) if keys else float("nan"),
-                "baseline_mean": float(b.mean()) if keys else float("nan"),
-                "mean_diff": float((a - b).mean()) if keys else float("nan"),
-                "t": t,
-                "p": p,
-            })
+            results.append(
+                {
+                    "metric": metric,
+                    "baseline": baseline,
+                    "n": len(keys),
+                    "reference_mean": float(a.mean()) if keys else float("nan"),
+                    "baseline_mean": float(b.mean()) if keys else float("nan"),
+                    "mean_diff": float((a - b).mean()) if keys else float("nan"),
+                    "t": t,
+                    "p": p,
+                }
+            )
     return results
 
 
@@ -435,8 +489,13 @@ def render_markdown(
         methods = methods_of(subset)
         seeds = sorted({int(row["seed"]) for row in subset})
         lines += [f"## Data set `{dataset}`", ""]
-        lines += [f"{len(subset)} scored models; methods {', '.join(f'`{m}`' for m in methods)}; "
-                  f"seeds {', '.join(map(str, seeds))}. Held-out metrics; SE = standard error over seeds.", ""]
+        lines += [
+            (
+                f"{len(subset)} scored models; methods {', '.join(f'`{m}`' for m in methods)}; "
+                f"seeds {', '.join(map(str, seeds))}. Held-out metrics; SE = standard error over seeds."
+            ),
+            "",
+        ]
         others = [m for m in methods if m != reference] if baselines is None else [m for m in baselines if m in methods]
         tests = paired_tests(subset, reference, others, metrics) if reference in methods else []
         headline = claims(tests, reference)
@@ -461,8 +520,11 @@ def render_markdown(
                 cells = []
                 for baseline in others:
                     test = by_key[metric, baseline]
-                    cells.append("–" if test["n"] == 0 else
-                                 f"{_format(test['mean_diff'])}, t={_format(test['t'], 2)}, p={_p_format(test['p'])}")
+                    cells.append(
+                        "–"
+                        if test["n"] == 0
+                        else f"{_format(test['mean_diff'])}, t={_format(test['t'], 2)}, p={_p_format(test['p'])}"
+                    )
                 lines.append(f"| {metric} | " + " | ".join(cells) + " |")
             lines.append("")
     if figures:
@@ -470,11 +532,13 @@ def render_markdown(
         for caption, link in figures.items():
             lines += [f"**{caption}**", "", f"![{caption}]({link})", ""]
     lines += [
-        "Metrics are defined in README.md (`evaluate.py`) and DESIGN §3. `perm_group_latent_r2_*`: group latent R² "
-        "over every split of the K latent dimensions into groups of the true sizes (permutation analysis). "
-        "Models without the true number of groups (`lrrnn`, `lrrnn_ica`, `lint`, `facrnn_full`) are scored with the "
-        "true group sizes applied to consecutive latent dimensions. Per-horizon series (`*_k1`, `*_k2`, ...) are "
-        "in results.csv only.",
+        (
+            "Metrics are defined in README.md (`evaluate.py`) and DESIGN §3. `perm_group_latent_r2_*`: group latent R² "
+            "over every split of the K latent dimensions into groups of the true sizes (permutation analysis). "
+            "Models without the true number of groups (`lrrnn`, `lrrnn_ica`, `lint`, `facrnn_full`) are scored with "
+            "the true group sizes applied to consecutive latent dimensions. Per-horizon series (`*_k1`, `*_k2`, ...) "
+            "are in results.csv only."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -488,29 +552,47 @@ def make_figures(
     rows: Sequence[dict[str, Any]],
     out_dir: Path,
     reference: str,
-    options: argparse.Namespace,
+    settings: EvalSettings,
+    box_metrics: Sequence[str] | None = None,
+    figure_seed: int | None = None,
 ) -> dict[str, Path]:
-    """All comparison figures into ``out_dir``; returns ``caption -> path``."""
+    """All comparison figures into ``out_dir``; returns ``caption -> path``.
+
+    ``box_metrics`` are drawn as box plots (default: those of :data:`BOX_METRICS` present);
+    the latent and connectivity figures show the runs of ``figure_seed`` (default: the
+    reference method's lowest seed), scored with ``settings`` (one posterior sample, no
+    rollout measures).
+    """
+    from facrnn.evaluation.metrics import r2_score
+    from facrnn.evaluation.scoring import evaluate_model
     from facrnn.plots import compare as compare_plots
     from facrnn.plots.dynamics import plot_rollout_curves, rollout_curves_from_rows
-    from facrnn.evaluation.scoring import evaluate_model
-    from facrnn.evaluation.metrics import r2_score
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
-    dataset = sorted({row["dataset"] for row in rows})[0]
+    dataset = min({row["dataset"] for row in rows})
     subset = [row for row in rows if row["dataset"] == dataset]
     methods = methods_of(subset)
     available = metric_columns(subset)
-    metrics = [m for m in (options.box_metrics or BOX_METRICS) if m in available]
+    metrics = [m for m in (box_metrics or BOX_METRICS) if m in available]
     tests = paired_tests(subset, reference, [m for m in methods if m != reference], metrics) if reference in methods else []
     p_values: dict[str, dict[str, float]] = defaultdict(dict)
     for test in tests:
         p_values[test["metric"]][test["baseline"]] = test["p"]
-    values = {metric: {method: [row[metric] for row in subset if row["method"] == method and metric in row
-                                and isinstance(row[metric], (int, float))] for method in methods} for metric in metrics}
+    values = {
+        metric: {
+            method: [
+                row[metric]
+                for row in subset
+                if row["method"] == method and metric in row and isinstance(row[metric], (int, float))
+            ]
+            for method in methods
+        }
+        for metric in metrics
+    }
     figures["Per-seed metrics by method"] = compare_plots.plot_metric_boxes(
-        values, methods, out_dir / "metrics_boxplots.png", reference, p_values)
+        values, methods, out_dir / "metrics_boxplots.png", reference, p_values
+    )
 
     curves = rollout_curves_from_rows(subset)
     if curves:
@@ -528,24 +610,25 @@ def make_figures(
             n_partitions = len(next(v for v in chosen if v.method == method).permutation["scores"])
     if with_perm:
         figures["Permutation analysis"] = compare_plots.plot_permutation_boxes(
-            with_perm, own, out_dir / "permutation_boxplots.png", n_partitions)
+            with_perm, own, out_dir / "permutation_boxplots.png", n_partitions
+        )
 
     # One seed for the latent and connectivity figures.
     seeds = sorted({v.seed for v in chosen if v.method == reference} or {v.seed for v in chosen})
-    seed = options.figure_seed if options.figure_seed is not None else seeds[0]
+    seed = figure_seed if figure_seed is not None else seeds[0]
     shown = {v.method: v for v in sorted(chosen, key=lambda v: method_sort_key(v.method)) if v.seed == seed}
     if not shown:
         log.warning("no runs with seed %s: no latent or connectivity figures", seed)
         return figures
     data = DataCache()
+    figure_settings = settings.with_changes(n_mc=1, dynamics=False)
     aligned, group_scores, connectivity = {}, {}, {}
     true_latents = true_sizes = true_w = true_groups = None
     for method, variant in shown.items():
-        config = OmegaConf.load(variant.run_dir / "config.yaml")
+        config = OmegaConf.load(RunDir(variant.run_dir).config_file)
         datamodule = data.get(config.datamodule)
-        model = load_variant_model(variant, datamodule, options.checkpoint, options.eval_seed)
-        evaluation = evaluate_model(model, datamodule.split_tensors(options.split), datamodule.recording, n_mc=1,
-                                    seed=options.eval_seed, dynamics=False)
+        model = load_variant_model(variant, datamodule, settings.checkpoint, settings.seed)
+        evaluation = evaluate_model(model, datamodule.split_tensors(settings.split), datamodule.recording, figure_settings)
         if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
             true_latents, true_sizes = evaluation.true_latents, evaluation.true_group_sizes
             aligned[method] = evaluation.aligned_latents
@@ -553,7 +636,8 @@ def make_figures(
 
             group_scores[method] = [
                 r2_score(true_latents[:, part], evaluation.aligned_latents[:, part])
-                if not np.all(np.isnan(evaluation.aligned_latents[:, part])) else float("nan")
+                if not np.all(np.isnan(evaluation.aligned_latents[:, part]))
+                else float("nan")
                 for part in group_slices(true_sizes)
             ]
         arrays = evaluation.arrays
@@ -565,10 +649,12 @@ def make_figures(
             connectivity[method] = (arrays["W"], ordered)
     if aligned:
         figures[f"Latent trajectories (seed {seed})"] = compare_plots.plot_latent_overlays(
-            true_latents, aligned, true_sizes, out_dir / "latent_overlays.png", group_scores)
+            true_latents, aligned, true_sizes, out_dir / "latent_overlays.png", group_scores
+        )
     if connectivity:
         figures[f"Connectivity (seed {seed})"] = compare_plots.plot_connectivity_grid(
-            true_w, true_groups, connectivity, out_dir / "connectivity_grid.png")
+            true_w, true_groups, connectivity, out_dir / "connectivity_grid.png"
+        )
     return figures
 
 
@@ -584,11 +670,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="Hydra multirun directories (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: FIRST_SWEEP_DIR/comparison)")
     parser.add_argument("--reference", default="facrnn", help="method tested against every other (default: facrnn)")
-    parser.add_argument("--baseline", action="append", default=None,
-                        help="baseline(s) to test the reference against (repeatable; default: every other method)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=None,
+        help="baseline(s) to test the reference against (repeatable; default: every other method)",
+    )
     parser.add_argument("--posthoc-from", default="lrrnn", help="method whose runs get post-hoc variants (default: lrrnn)")
-    parser.add_argument("--posthoc", nargs="*", default=sorted(POSTHOC_METHODS), choices=sorted(POSTHOC_METHODS),
-                        help="post-hoc variants to compute (default: ica svd; none: --posthoc)")
+    parser.add_argument(
+        "--posthoc",
+        nargs="*",
+        default=sorted(POSTHOC_METHODS),
+        choices=sorted(POSTHOC_METHODS),
+        help="post-hoc variants to compute (default: ica svd; none: --posthoc)",
+    )
     parser.add_argument("--checkpoint", default="best", help="best | last (default: best)")
     parser.add_argument("--split", default="test", help="held-out split to score (default: test)")
     parser.add_argument("--n-mc", type=int, default=10, help="posterior samples per point for PC (default: 10)")
@@ -596,10 +691,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rollout-steps", type=int, default=20, help="k-step rollout R² horizon (default: 20)")
     parser.add_argument("--no-dynamics", action="store_true", help="skip rollout/fixed-point measures when evaluating")
     parser.add_argument("--figure-seed", type=int, default=None, help="seed of the runs shown in latent/connectivity figures")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help="also write a results page here, figures into its folder (docs/results.md -> docs/results/)")
-    parser.add_argument("--box-metrics", nargs="+", default=None,
-                        help=f"metrics drawn as box plots (default: those of {', '.join(BOX_METRICS)} present)")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write a results page here, figures into its folder (docs/results.md -> docs/results/)",
+    )
+    parser.add_argument(
+        "--box-metrics",
+        nargs="+",
+        default=None,
+        help=f"metrics drawn as box plots (default: those of {', '.join(BOX_METRICS)} present)",
+    )
     parser.add_argument("--title", default="Comparison", help="title of summary.md / the results page")
     parser.add_argument("--force", action="store_true", help="re-evaluate runs that already have metrics")
     parser.add_argument("--run-figures", action="store_true", help="also write per-run figures when evaluating")
@@ -608,10 +711,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def eval_settings(options: argparse.Namespace) -> EvalSettings:
+    """The evaluation settings of the parsed command line (checked: a bad value is a ConfigError)."""
+    return EvalSettings(
+        split=options.split,
+        checkpoint=options.checkpoint,
+        n_mc=options.n_mc,
+        seed=options.eval_seed,
+        rollout_steps=options.rollout_steps,
+        dynamics=not options.no_dynamics,
+        figures=options.run_figures,
+    )
+
+
 def training_job_dir(run_dir: Path) -> Path:
     """The directory of the training job that wrote ``run_dir``: the parent run for a replica
     of a ``model.replicas`` run (``replica_of`` in its config.yaml), else ``run_dir`` itself."""
-    replica_of = OmegaConf.load(run_dir / "config.yaml").get("replica_of")
+    replica_of = OmegaConf.load(RunDir(run_dir).config_file).get("replica_of")
     return Path(replica_of) if replica_of else run_dir
 
 
@@ -623,15 +739,22 @@ def sweep_commands(variants: Sequence[RunVariant]) -> list[str]:
     origins = {training_job_dir(variant.run_dir) for variant in trained}
     seeds: set[int] = set()
     for origin in origins:
-        path = origin / ".hydra" / "overrides.yaml"
+        path = RunDir(origin).overrides_file
         overrides = [str(item) for item in OmegaConf.load(path)] if path.is_file() else []
         overrides = [item for item in overrides if item.split("=")[0] not in ("model", "seed")]
         common = overrides if common is None else [item for item in common if item in overrides]
-        seeds.add(int(OmegaConf.load(origin / "config.yaml").get("seed", 0)))
+        seeds.add(int(OmegaConf.load(RunDir(origin).config_file).get("seed", 0)))
     methods = sorted({v.method for v in trained}, key=method_sort_key)
     if not trained or any(m.endswith("_mlp") for m in methods):
         return []
-    sweep = ["python", "train.py", "-m", *(common or []), f"model={','.join(methods)}", f"seed={','.join(map(str, sorted(seeds)))}"]
+    sweep = [
+        "python",
+        "train.py",
+        "-m",
+        *(common or []),
+        f"model={','.join(methods)}",
+        f"seed={','.join(map(str, sorted(seeds)))}",
+    ]
     parents = {origin.parent for origin in origins}
     if len(parents) == 1:
         parent = parents.pop()
@@ -645,21 +768,35 @@ def sweep_commands(variants: Sequence[RunVariant]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    settings = eval_settings(options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(options.threads)
     from facrnn.runs.pipeline import quiet_known_warnings
 
     quiet_known_warnings()
     out_dir = options.out or options.sweep_dirs[0] / "comparison"
-    variants = collect(options.sweep_dirs, options)
+    variants = collect(
+        options.sweep_dirs, settings, posthoc_from=options.posthoc_from, posthoc_kinds=options.posthoc, force=options.force
+    )
     rows = [variant_row(variant) for variant in sorted(variants, key=lambda v: (v.dataset, method_sort_key(v.method), v.seed))]
     results = write_results_csv(rows, out_dir / RESULTS_FILE)
-    figures = {} if options.no_figures else make_figures(variants, rows, out_dir / "figures", options.reference, options)
+    figures = (
+        {}
+        if options.no_figures
+        else make_figures(
+            variants, rows, out_dir / "figures", options.reference, settings, options.box_metrics, options.figure_seed
+        )
+    )
     compare_command = shlex.join(["python", "-m", "facrnn.cli.compare", *(argv if argv is not None else sys.argv[1:])])
     commands = [*sweep_commands(variants), compare_command]
-    summary = render_markdown(rows, options.reference, options.baseline,
-                              {caption: f"figures/{path.name}" for caption, path in figures.items()},
-                              commands, options.title)
+    summary = render_markdown(
+        rows,
+        options.reference,
+        options.baseline,
+        {caption: f"figures/{path.name}" for caption, path in figures.items()},
+        commands,
+        options.title,
+    )
     (out_dir / SUMMARY_FILE).write_text(summary)
     sys.stdout.write(summary + "\n")
     sys.stdout.write(f"written: {results}, {out_dir / SUMMARY_FILE}, {len(figures)} figures in {out_dir / 'figures'}\n")
@@ -669,9 +806,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure_dir.mkdir(parents=True, exist_ok=True)
         for path in figures.values():
             shutil.copyfile(path, figure_dir / path.name)
-        page.write_text(render_markdown(rows, options.reference, options.baseline,
-                                        {caption: f"{page.stem}/{path.name}" for caption, path in figures.items()},
-                                        commands, options.title))
+        page.write_text(
+            render_markdown(
+                rows,
+                options.reference,
+                options.baseline,
+                {caption: f"{page.stem}/{path.name}" for caption, path in figures.items()},
+                commands,
+                options.title,
+            )
+        )
         sys.stdout.write(f"written: {page} and {figure_dir}/\n")
     return 0
 

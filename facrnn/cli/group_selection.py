@@ -37,15 +37,20 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from facrnn.core.grouping import resolve_group_sizes
-from facrnn.runs.run_dir import has_plain_checkpoint
+from facrnn.evaluation.settings import EvalSettings
+from facrnn.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 SELECTION_METRICS = (
-    "cond_loglik", "bits_per_spike", "partial_corr_own", "rollout_r2_auc", "group_coupling",
-    "generation_psd_corr", "group_latent_r2",
+    "cond_loglik",
+    "bits_per_spike",
+    "partial_corr_own",
+    "rollout_r2_auc",
+    "group_coupling",
+    "generation_psd_corr",
+    "group_latent_r2",
 )
-OWN_PC_FILE = "partial_corr_own.json"
 
 __all__ = ["grouping_label", "render_selection_markdown", "selection_rows", "summarise_by_grouping"]
 
@@ -56,28 +61,28 @@ def grouping_label(group_sizes: Sequence[int]) -> str:
 
 
 def _run_dirs(directories: Iterable[str | Path]) -> list[Path]:
+    """The training runs (plain checkpoints) under ``directories``, sorted."""
     found = set()
     for directory in directories:
-        for config in Path(directory).rglob("config.yaml"):
-            if has_plain_checkpoint(config.parent):
-                found.add(config.parent)
+        found.update(run.path for run in RunDir.runs_under(directory) if run.is_plain_run())
     return sorted(found)
 
 
 def own_partial_corr(run_dir: Path, n_mc: int = 5, seed: int = 0) -> float:
     """Partial correlation of a run's held-out posterior means under its own grouping (cached)."""
-    cache = run_dir / OWN_PC_FILE
+    run = RunDir(run_dir)
+    cache = run.own_partial_corr_file
     if cache.is_file():
         return float(json.loads(cache.read_text())["partial_corr_own"])
     import torch
 
-    from facrnn.runs.checkpoints import load_checkpoint
     from facrnn.core.partial_correlation import partial_correlation_eval
-    from facrnn.runs.pipeline import find_checkpoint, instantiate_datamodule
+    from facrnn.runs.checkpoints import load_checkpoint
+    from facrnn.runs.pipeline import instantiate_datamodule
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(run.config_file)
     datamodule = instantiate_datamodule(cfg.datamodule)
-    module = load_checkpoint(find_checkpoint(run_dir, "best"))
+    module = load_checkpoint(run.find_checkpoint("best"))
     with torch.no_grad():
         means = module.model.encode(datamodule.split_tensors("test")["encoder_input"]).double()
     value = partial_correlation_eval(means, module.model.width, module.group_sizes, n_mc, seed)
@@ -94,21 +99,31 @@ def selection_rows(directories: Iterable[str | Path], evaluate_missing: bool = T
 
     rows = []
     for run_dir in _run_dirs(directories):
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        run = RunDir(run_dir)
+        cfg = OmegaConf.load(run.config_file)
         model_cfg = cfg.model
         sizes = resolve_group_sizes(
-            model_cfg.get("latent_dim"), model_cfg.get("n_groups"), model_cfg.get("group_sizes"),
+            model_cfg.get("latent_dim"),
+            model_cfg.get("n_groups"),
+            model_cfg.get("group_sizes"),
             model_cfg.get("group_rank"),
         )
-        metrics_path = run_dir / "metrics.json"
+        metrics_path = run.metrics_file
         if not metrics_path.is_file():
             if not evaluate_missing:
                 continue
-            evaluate_run(run_dir, figures=False)
+            evaluate_run(run_dir, EvalSettings(figures=False))
         metrics = json.loads(metrics_path.read_text())
         metrics["partial_corr_own"] = own_partial_corr(run_dir)
-        rows.append({"grouping": grouping_label(sizes), "G": len(sizes), "seed": int(cfg.get("seed", 0)),
-                     "run_dir": str(run_dir), **metrics})
+        rows.append(
+            {
+                "grouping": grouping_label(sizes),
+                "G": len(sizes),
+                "seed": int(cfg.get("seed", 0)),
+                "run_dir": str(run_dir),
+                **metrics,
+            }
+        )
     return rows
 
 
@@ -128,8 +143,13 @@ def summarise_by_grouping(
     for label in sorted(by_grouping, key=lambda name: (by_grouping[name][0]["G"], name)):
         summary[label] = {}
         for metric in metrics:
-            values = np.array([row[metric] for row in by_grouping[label]
-                               if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])])
+            values = np.array(
+                [
+                    row[metric]
+                    for row in by_grouping[label]
+                    if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])
+                ]
+            )
             if values.size:
                 se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
                 summary[label][metric] = (float(values.mean()), se, int(values.size))

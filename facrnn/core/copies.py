@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from facrnn.errors import ConfigError
 from facrnn.core.grouping import padded_group_index
 from facrnn.core.model import LowRankRNN
 
@@ -50,7 +49,8 @@ class ReplicatedLowRankRNN(nn.Module):
     Parameters
     ----------
     models : sequence of LowRankRNN
-        The copies' initial states (linear encoder and decoder, same sizes and settings).
+        The copies' initial states (linear encoder and decoder, same sizes and settings; the
+        MLP variants cannot be batched, which :mod:`facrnn.training.settings` rules out).
     """
 
     def __init__(self, models: Sequence[LowRankRNN]) -> None:
@@ -59,14 +59,12 @@ class ReplicatedLowRankRNN(nn.Module):
             raise ValueError("ReplicatedLowRankRNN: expected at least one model copy")
         first = models[0]
         if not all(model.is_linear for model in models):
-            raise ConfigError(
-                "model.replicas/model.restarts > 1 with an MLP encoder or decoder: copies are batched "
-                "for the linear low-rank RNN only; expected model.encoder=linear model.decoder=linear"
-            )
+            raise ValueError("ReplicatedLowRankRNN: expected copies of a linear LowRankRNN (linear encoder and decoder)")
         self.group_sizes = list(first.group_sizes)
         self.latent_dim = first.latent_dim
         self.n_neurons = first.n_neurons
-        self.link = first.link
+        self.observation = first.observation
+        self.history = first.history
         self.width = first.width
         self.is_linear = True
         state = [model.state_dict() for model in models]
@@ -75,6 +73,11 @@ class ReplicatedLowRankRNN(nn.Module):
         self.register_buffer("group_index", padded_group_index(self.group_sizes), persistent=False)
         # a plain model to copy in to_model; set past nn.Module so it is no submodule (no state_dict entries)
         object.__setattr__(self, "_template", first)
+
+    @property
+    def link(self) -> str:
+        """Decoder link ``f`` (``model.link``) of the observation model."""
+        return self.observation.link
 
     @property
     def n_copies(self) -> int:
@@ -91,14 +94,8 @@ class ReplicatedLowRankRNN(nn.Module):
 
     def decode(self, latents: torch.Tensor, external_input: torch.Tensor | None = None) -> torch.Tensor:
         """Observation mean ``f(A z + a) + e``: ``(C, n, K) -> (C, n, N)``."""
-        mean = torch.baddbmm(self.decoder_bias.unsqueeze(1), latents, self.decoder_weight.transpose(1, 2))
-        if self.link == "relu":
-            mean = torch.relu(mean)
-        elif self.link == "softplus":
-            mean = torch.nn.functional.softplus(mean)
-        if external_input is not None:
-            mean = mean + external_input
-        return mean
+        output = torch.baddbmm(self.decoder_bias.unsqueeze(1), latents, self.decoder_weight.transpose(1, 2))
+        return self.observation.mean(output, external_input)
 
     def overlap(self) -> torch.Tensor:
         """Overlap matrices ``B A`` of every copy, ``(C, K, K)``."""
@@ -134,10 +131,7 @@ class ReplicatedLowRankRNN(nn.Module):
         return f"copies={self.n_copies}, group_sizes={self.group_sizes}, width={self.width:.4f}, link={self.link}"
 
 
-
-def build_copies(
-    make_model: Callable[[], LowRankRNN], seed: int, replicas: int, restarts: int
-) -> ReplicatedLowRankRNN:
+def build_copies(make_model: Callable[[], LowRankRNN], seed: int, replicas: int, restarts: int) -> ReplicatedLowRankRNN:
     """Build ``replicas * restarts`` copies, copy ``r * restarts + j`` seeded by :func:`copy_seed`.
 
     The global torch RNG is re-seeded with ``seed`` afterwards.

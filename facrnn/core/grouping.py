@@ -28,9 +28,7 @@ def resolve_group_sizes(
     if group_sizes is not None:
         sizes = [int(size) for size in group_sizes]
         if len(sizes) == 0 or any(size < 1 for size in sizes):
-            raise ValueError(
-                f"model.group_sizes={list(group_sizes)}: expected a non-empty list of positive integers"
-            )
+            raise ValueError(f"model.group_sizes={list(group_sizes)}: expected a non-empty list of positive integers")
         if latent_dim is not None and sum(sizes) != int(latent_dim):
             raise ValueError(
                 f"model.group_sizes={sizes} sums to {sum(sizes)} but model.latent_dim={latent_dim}: "
@@ -39,9 +37,7 @@ def resolve_group_sizes(
         return sizes
     if group_rank is not None and n_groups is not None:
         if int(group_rank) < 1 or int(n_groups) < 1:
-            raise ValueError(
-                f"model.n_groups={n_groups}, model.group_rank={group_rank}: expected positive integers"
-            )
+            raise ValueError(f"model.n_groups={n_groups}, model.group_rank={group_rank}: expected positive integers")
         sizes = [int(group_rank)] * int(n_groups)
         if latent_dim is not None and sum(sizes) != int(latent_dim):
             raise ValueError(
@@ -51,14 +47,11 @@ def resolve_group_sizes(
         return sizes
     if latent_dim is None or n_groups is None:
         raise ValueError(
-            "model.group_sizes is null: expected model.latent_dim and model.n_groups "
-            "(or an explicit model.group_sizes=[3,3])"
+            "model.group_sizes is null: expected model.latent_dim and model.n_groups (or an explicit model.group_sizes=[3,3])"
         )
     latent_dim, n_groups = int(latent_dim), int(n_groups)
     if latent_dim < 1 or n_groups < 1:
-        raise ValueError(
-            f"model.latent_dim={latent_dim}, model.n_groups={n_groups}: expected positive integers"
-        )
+        raise ValueError(f"model.latent_dim={latent_dim}, model.n_groups={n_groups}: expected positive integers")
     if latent_dim % n_groups != 0:
         raise ValueError(
             f"model.n_groups={n_groups} does not divide model.latent_dim={latent_dim}: expected equal "

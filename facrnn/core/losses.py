@@ -6,6 +6,9 @@ import math
 
 import torch
 
+#: names of the loss terms, in the order they are stacked (``loss = nll + kl + beta pc + alpha overlap``)
+LOSS_TERMS = ("loss", "nll", "kl", "partial_corr", "overlap")
+
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """Negative Gaussian log-likelihood with per-neuron std, full constant.

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from facrnn.core.grouping import group_slices, padded_group_index
+from facrnn.core.observation import LINKS, Observation, make_observation
 
-LINKS = ("identity", "relu", "softplus")
 PROJECTIONS = ("linear", "mlp")
 
 
@@ -51,7 +51,8 @@ def encoder_input(x: torch.Tensor, n_lags: int = 1, missing_past: str = "first")
         raise ValueError(f"missing_past={missing_past!r}: expected 'first' or 'zero'")
     kernel = history_kernel(n_lags).to(x)
     squashed = torch.tanh(x)
-    pad = squashed[:, :1].expand(-1, n_lags, -1) if missing_past == "first" else torch.zeros_like(squashed[:, :1]).expand(-1, n_lags, -1)
+    first = squashed[:, :1] if missing_past == "first" else torch.zeros_like(squashed[:, :1])
+    pad = first.expand(-1, n_lags, -1)
     padded = torch.cat([pad, squashed], dim=1)  # (trials, L + T, N); padded[:, L + t] = tanh(x_t)
     n_bins = x.shape[1]
     result = torch.zeros_like(x)
@@ -63,7 +64,7 @@ def encoder_input(x: torch.Tensor, n_lags: int = 1, missing_past: str = "first")
 def posterior_width(n_samples: int, latent_dim: int) -> float:
     """Scott's-rule width ``h = M^(-1 / (K + 4))`` of the fixed-width posterior."""
     if n_samples < 1:
-        raise ValueError(f"model.n_samples={n_samples}: expected a positive number of training samples")
+        raise ValueError(f"posterior_width: n_samples={n_samples}, expected at least 1")
     return float(n_samples) ** (-1.0 / (latent_dim + 4))
 
 
@@ -80,12 +81,18 @@ class LowRankRNN(nn.Module):
         ``M`` in the posterior width ``h = M^(-1/(K+4))``.
     link : {"identity", "relu", "softplus"}
         Decoder link ``f`` (``softplus`` for Poisson rates).
+    likelihood : {"gaussian", "poisson"}
+        Observation model (:mod:`facrnn.core.observation`), held as :attr:`observation`.
+    history : int
+        ``L``, the encoder's history lags (the encoder input is built from ``x_{t-1..t-L}``).
     encoder, decoder : {"linear", "mlp"}
         ``linear``: the low-rank RNN's projections ``B`` and ``A``. ``mlp`` (the ``*_mlp``
         baselines of DESIGN §2): encoder Linear(N, H)-ReLU-Linear(H, K), decoder
         Linear(K, H)-ReLU-Linear(H, N)-ReLU; ``W = A B`` is then undefined.
     hidden_dim : int
         ``H``, hidden width of the MLP encoder/decoder.
+
+    The settings are those of ``model.*`` checked by :mod:`facrnn.training.settings`.
     """
 
     def __init__(
@@ -97,25 +104,23 @@ class LowRankRNN(nn.Module):
         encoder: str = "linear",
         decoder: str = "linear",
         hidden_dim: int = 32,
+        likelihood: str = "gaussian",
+        history: int = 1,
     ) -> None:
         super().__init__()
-        if link not in LINKS:
-            raise ValueError(f"model.link={link!r}: expected one of {LINKS}")
-        for key, value in (("encoder", encoder), ("decoder", decoder)):
-            if value not in PROJECTIONS:
-                raise ValueError(f"model.{key}={value!r}: expected one of {PROJECTIONS}")
         self.group_sizes = [int(size) for size in group_sizes]
         self.latent_dim = sum(self.group_sizes)
         self.n_neurons = int(n_neurons)
-        self.link = link
+        self.observation: Observation = make_observation(likelihood, link)
+        self.history = int(history)
         self.width = posterior_width(n_samples, self.latent_dim)
         self.encoder_kind, self.decoder_kind = encoder, decoder
+        if not {encoder, decoder} <= set(PROJECTIONS):
+            raise ValueError(f"LowRankRNN: encoder={encoder!r}, decoder={decoder!r}; expected projections in {PROJECTIONS}")
         if encoder == "linear":
             self.encoder = nn.Linear(n_neurons, self.latent_dim)  # weight B (K, N), bias b
         else:
-            self.encoder = nn.Sequential(
-                nn.Linear(n_neurons, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, self.latent_dim)
-            )
+            self.encoder = nn.Sequential(nn.Linear(n_neurons, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, self.latent_dim))
         if decoder == "linear":
             self.decoder = nn.Linear(self.latent_dim, n_neurons)  # weight A (N, K), bias a
         else:
@@ -124,6 +129,11 @@ class LowRankRNN(nn.Module):
             )
         self.log_noise_std = nn.Parameter(torch.full((n_neurons,), -1.0))
         self.register_buffer("group_index", padded_group_index(self.group_sizes), persistent=False)
+
+    @property
+    def link(self) -> str:
+        """Decoder link ``f`` (``model.link``) of the observation model."""
+        return self.observation.link
 
     @property
     def is_linear(self) -> bool:
@@ -160,14 +170,7 @@ class LowRankRNN(nn.Module):
 
     def decode(self, latents: torch.Tensor, external_input: torch.Tensor | None = None) -> torch.Tensor:
         """Observation mean ``f(A z + a) + e``: ``(n, K) -> (n, N)``."""
-        mean = self.decoder(latents)
-        if self.link == "relu":
-            mean = torch.relu(mean)
-        elif self.link == "softplus":  # Poisson rate (model.likelihood=poisson)
-            mean = torch.nn.functional.softplus(mean)
-        if external_input is not None:
-            mean = mean + external_input
-        return mean
+        return self.observation.mean(self.decoder(latents), external_input)
 
     def connectivity(self) -> torch.Tensor:
         """``W = A B``, ``(N, N)``."""
@@ -193,10 +196,8 @@ class LowRankRNN(nn.Module):
         return f"group_sizes={self.group_sizes}, width={self.width:.4f}, link={self.link}{projections}"
 
 
-
-
 __all__ = [
-    "LINKS",
+    "LINKS",  # re-exported from facrnn.core.observation
     "LowRankRNN",
     "PROJECTIONS",
     "encoder_input",

@@ -62,7 +62,9 @@ def group_log_densities(
     return torch.add(log_norm.view(-1, 1, 1).neg(), squared_distance, alpha=-0.5 / width**2)
 
 
-def group_mask(group_sizes: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+def group_mask(
+    group_sizes: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """One-hot membership of latent dimensions in groups, ``(G, K)``; cached per sizes, dtype, device."""
     return _cached_group_mask(tuple(int(size) for size in group_sizes), dtype, torch.device(device))
 
@@ -140,7 +142,9 @@ class _MinibatchPartialCorrelation(torch.autograd.Function):
 
         grad_samples = grad_means = None
         if ctx.needs_input_grad[0]:
-            grad_samples = (torch.bmm(flat_grad, per_group(means)).view(n_copies, n_groups, n, latent_dim) * group_columns).sum(1)
+            grad_samples = (
+                torch.bmm(flat_grad, per_group(means)).view(n_copies, n_groups, n, latent_dim) * group_columns
+            ).sum(1)
         if ctx.needs_input_grad[1]:
             cross = torch.bmm(flat_grad.transpose(1, 2), per_group(samples)).view(n_copies, n_groups, n, latent_dim)
             column_sums = grad_score.sum(-2).unsqueeze(-1)  # (C, G, n, 1)
@@ -188,7 +192,9 @@ def partial_correlation_minibatch(
         return samples.new_zeros(samples.shape[:-2])
     mask = group_mask(group_sizes, samples.dtype, samples.device)
     if samples.ndim == 2:
-        return _MinibatchPartialCorrelation.apply(samples.unsqueeze(0), means.unsqueeze(0), float(width), mask, int(n_total))[0]
+        return _MinibatchPartialCorrelation.apply(samples.unsqueeze(0), means.unsqueeze(0), float(width), mask, int(n_total))[
+            0
+        ]
     return _MinibatchPartialCorrelation.apply(samples, means, float(width), mask, int(n_total))
 
 

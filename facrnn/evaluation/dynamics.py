@@ -34,8 +34,8 @@ import torch
 from scipy import optimize, signal
 
 from facrnn.core.grouping import group_slices
-from facrnn.evaluation.metrics import r2_score
 from facrnn.core.model import history_kernel
+from facrnn.evaluation.metrics import r2_score
 
 log = logging.getLogger(__name__)
 
@@ -332,9 +332,7 @@ def gaussian_mixture_kl(
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
-        raise ValueError(
-            f"reference {reference.shape} and candidate {candidate.shape}: expected (n, d) and (m, d) arrays"
-        )
+        raise ValueError(f"reference {reference.shape} and candidate {candidate.shape}: expected (n, d) and (m, d) arrays")
     centre, scale = reference.mean(0), reference.std(0)
     scale = np.where(scale > 0, scale, 1.0)
     reference = (reference - centre) / scale
@@ -607,7 +605,7 @@ def dynamics_metrics(
     x: torch.Tensor,
     bins: torch.Tensor,
     group_sizes: Sequence[int],
-    n_lags: int = 1,
+    n_lags: int | None = None,
     missing_past: str = "zero",
     external_input: torch.Tensor | None = None,
     max_steps: int = 20,
@@ -627,8 +625,8 @@ def dynamics_metrics(
         the bins at which generated and true trajectories are compared.
     group_sizes : sequence of int
         Grouping of the latents used for the coupling and the per-group eigenvalues.
-    n_lags : int
-        The model's history ``L``.
+    n_lags : int, optional
+        History ``L`` of the rollouts; default the model's (``model.history``).
     missing_past : {"first", "zero"}
     external_input : (trials, T, N) tensor, optional
     max_steps : int
@@ -645,6 +643,7 @@ def dynamics_metrics(
     """
     from facrnn.core.model import encoder_input
 
+    n_lags = model.history if n_lags is None else n_lags
     dtype = next(model.parameters()).dtype
     x = x.to(dtype)
     inputs_full = None if external_input is None else external_input.to(dtype)
@@ -670,9 +669,7 @@ def dynamics_metrics(
     metrics["generation_state_kl"] = gaussian_mixture_kl(
         centred @ projection, (generated_x - true_x.mean(0)) @ projection, seed=seed
     )
-    metrics["generation_latent_kl"] = gaussian_mixture_kl(
-        generation.encoded_latents, generation.generated_latents, seed=seed
-    )
+    metrics["generation_latent_kl"] = gaussian_mixture_kl(generation.encoded_latents, generation.generated_latents, seed=seed)
     psd_corr = power_spectrum_correlation(true_x, generated_x, generation.segments)
     metrics["generation_psd_corr"] = float(np.nanmean(psd_corr)) if np.any(np.isfinite(psd_corr)) else float("nan")
 

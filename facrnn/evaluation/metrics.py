@@ -9,6 +9,8 @@ computed in float64.
 - :func:`connectivity_metrics`, :func:`sub_connectivity_metrics`: ``W = A B`` against the
   truth, whole and per group (both invariant to ``A -> A Q``, ``B -> Q^-1 B`` within groups).
 - :func:`evaluation_grouping`: which grouping of a model's latents to score it with.
+- :func:`observation_scores`: the held-out fit of a model's observation model
+  (:mod:`facrnn.core.observation`): ``cond_loglik`` and, for Poisson counts, ``bits_per_spike``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sklearn.metrics
 from scipy.optimize import linear_sum_assignment
 
 from facrnn.core.grouping import group_slices
+from facrnn.core.observation import GaussianObservation, Observation, PoissonObservation
 
 __all__ = [
     "GroupAlignment",
@@ -34,6 +38,8 @@ __all__ = [
     "sub_connectivity_metrics",
     "poisson_loglik",
     "bits_per_spike",
+    "OBSERVATION_SCORES",
+    "observation_scores",
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -77,25 +83,12 @@ def _check_sizes(sizes: Sequence[int], total: int, name: str, array_name: str, s
 # ----------------------------------------------------------------------------------------
 
 
-def _r2_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Per-column ``1 - SS_res / SS_tot`` with sklearn's convention for constant columns.
-
-    A column with ``SS_tot = 0`` scores 1 if it is predicted exactly and 0 otherwise
-    (``sklearn.metrics.r2_score(..., force_finite=True)``).
-    """
-    ss_res = np.sum((y_true - y_pred) ** 2, axis=0)
-    ss_tot = np.sum((y_true - y_true.mean(axis=0)) ** 2, axis=0)
-    r2 = np.ones_like(ss_tot)
-    nonconstant = ss_tot != 0
-    r2[nonconstant] = 1.0 - ss_res[nonconstant] / ss_tot[nonconstant]
-    r2[~nonconstant & (ss_res != 0)] = 0.0
-    return r2
-
-
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Coefficient of determination, uniform average over output columns.
 
-    Same as ``sklearn.metrics.r2_score(y_true, y_pred, multioutput="uniform_average")``.
+    ``sklearn.metrics.r2_score(y_true, y_pred, multioutput="uniform_average")`` in float64,
+    after checking the shapes: a column with ``SS_tot = 0`` scores 1 if it is predicted
+    exactly and 0 otherwise (sklearn's ``force_finite=True``).
 
     Parameters
     ----------
@@ -113,7 +106,7 @@ def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         raise ValueError(f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}: expected equal shapes")
     if y_true.shape[0] < 2:
         raise ValueError(f"y_true has shape {y_true.shape}: R² needs at least 2 samples")
-    return float(np.mean(_r2_columns(y_true, y_pred)))
+    return float(sklearn.metrics.r2_score(y_true, y_pred, multioutput="uniform_average"))
 
 
 def recon_r2(x: np.ndarray, mean: np.ndarray) -> float:
@@ -249,9 +242,7 @@ def group_latent_r2(
         )
     if true_latents.shape[0] < 2:
         raise ValueError(f"true_latents has shape {true_latents.shape}: R² needs at least 2 samples")
-    true_sizes = _check_sizes(
-        true_group_sizes, true_latents.shape[1], "true_group_sizes", "true_latents", true_latents.shape
-    )
+    true_sizes = _check_sizes(true_group_sizes, true_latents.shape[1], "true_group_sizes", "true_latents", true_latents.shape)
     est_sizes = _check_sizes(est_group_sizes, est_latents.shape[1], "est_group_sizes", "est_latents", est_latents.shape)
     true_parts, est_parts = group_slices(true_sizes), group_slices(est_sizes)
 
@@ -262,9 +253,10 @@ def group_latent_r2(
         # One lstsq per learned group: all true dimensions are fitted at once.
         prediction = _affine_fit(source, true_latents)
         for i, true_part in enumerate(true_parts):
-            target = true_latents[:, true_part]
             predictions[i, j] = prediction[:, true_part]
-            r2_matrix[i, j] = np.mean(_r2_columns(target, prediction[:, true_part]))
+            r2_matrix[i, j] = sklearn.metrics.r2_score(
+                true_latents[:, true_part], predictions[i, j], multioutput="uniform_average"
+            )
 
     rows, cols = linear_sum_assignment(r2_matrix, maximize=True)
     matching = [(int(i), int(j)) for i, j in sorted(zip(rows, cols))]
@@ -290,9 +282,7 @@ def component_latent_r2(true_latents: np.ndarray, est_latents: np.ndarray) -> Gr
     """
     true_latents = _as_matrix(true_latents, "true_latents")
     est_latents = _as_matrix(est_latents, "est_latents")
-    return group_latent_r2(
-        true_latents, est_latents, [1] * true_latents.shape[1], [1] * est_latents.shape[1]
-    )
+    return group_latent_r2(true_latents, est_latents, [1] * true_latents.shape[1], [1] * est_latents.shape[1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -496,3 +486,49 @@ def bits_per_spike(counts: np.ndarray, rates: np.ndarray) -> float:
     model_ll = np.sum(_poisson_log_pmf(counts, rates))
     null_ll = np.sum(_poisson_log_pmf(counts, null_rates))
     return float((model_ll - null_ll) / (total_spikes * np.log(2.0)))
+
+
+# ----------------------------------------------------------------------------------------
+# Scores of each observation model
+# ----------------------------------------------------------------------------------------
+
+
+def gaussian_scores(x: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> dict[str, float]:
+    """``cond_loglik``: Gaussian log-likelihood of ``x`` ``(n, N)`` with per-neuron ``log_std`` ``(N,)``."""
+    return {"cond_loglik": cond_loglik(x, mean, log_std)}
+
+
+def poisson_scores(x: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> dict[str, float]:
+    """``cond_loglik``: Poisson log-likelihood of counts ``x`` ``(n, N)`` at rates ``mean``; plus
+    ``bits_per_spike`` when the bins hold any spike (``log_std`` is unused)."""
+    scores = {"cond_loglik": poisson_loglik(x, mean)}
+    if x.sum() > 0:
+        scores["bits_per_spike"] = bits_per_spike(x, mean)
+    return scores
+
+
+#: held-out scores by observation model name (:attr:`facrnn.core.observation.Observation.name`)
+OBSERVATION_SCORES = {
+    GaussianObservation.name: gaussian_scores,
+    PoissonObservation.name: poisson_scores,
+}
+
+
+def observation_scores(observation: Observation, x: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> dict[str, float]:
+    """Held-out fit of the decoded ``mean`` ``(n, N)`` to ``x`` ``(n, N)`` under ``observation``.
+
+    Parameters
+    ----------
+    observation : Observation
+        The model's observation model (``model.observation``).
+    x, mean : (n, N) array
+        Observations and decoded means (rates for Poisson counts).
+    log_std : (N,) array
+        The model's per-neuron ``log_noise_std`` (Gaussian observations only).
+
+    Returns
+    -------
+    dict
+        ``cond_loglik`` first, then the observation model's own scores (``bits_per_spike``).
+    """
+    return OBSERVATION_SCORES[observation.name](x, mean, log_std)

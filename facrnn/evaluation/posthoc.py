@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,17 +32,13 @@ from facrnn.core.model import LowRankRNN
 
 if TYPE_CHECKING:
     from datamodules.base import RecordingDataModule
-    from facrnn.evaluation.scoring import Evaluation
 
 log = logging.getLogger(__name__)
 
 # kind -> method name in comparisons
 POSTHOC_METHODS = {"ica": "lrrnn_ica", "svd": "lint"}
-# sub-directory of the training run holding a post-hoc variant's results
-POSTHOC_DIR = "posthoc_{kind}"
 
 __all__ = [
-    "POSTHOC_DIR",
     "POSTHOC_METHODS",
     "posthoc_group_sizes",
     "ica_transform",
@@ -120,9 +115,7 @@ def ica_transform(model: LowRankRNN, train_encoder_input: torch.Tensor, seed: in
     """
     with torch.no_grad():
         means = model.encode(train_encoder_input).double().numpy()
-    ica = FastICA(
-        n_components=model.latent_dim, whiten="unit-variance", random_state=seed, max_iter=5000, tol=1e-4
-    )
+    ica = FastICA(n_components=model.latent_dim, whiten="unit-variance", random_state=seed, max_iter=5000, tol=1e-4)
     ica.fit(means)
     unmixing = ica.components_  # (K, K): s = unmixing @ (mu - mean_)
     return transform_latents(model, unmixing, -unmixing @ ica.mean_)

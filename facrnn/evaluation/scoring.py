@@ -9,21 +9,20 @@ import numpy as np
 import torch
 
 from datamodules.recording import Recording
-from facrnn.evaluation.behaviour import BehaviourEvaluation, evaluate_behaviour
 from facrnn.core.grouping import group_slices
+from facrnn.core.model import LowRankRNN
+from facrnn.core.partial_correlation import partial_correlation_eval
+from facrnn.evaluation.behaviour import BehaviourEvaluation, evaluate_behaviour
 from facrnn.evaluation.metrics import (
-    bits_per_spike,
     component_latent_r2,
-    cond_loglik,
     connectivity_metrics,
     evaluation_grouping,
     group_latent_r2,
-    poisson_loglik,
+    observation_scores,
     recon_r2,
     sub_connectivity_metrics,
 )
-from facrnn.core.model import LowRankRNN
-from facrnn.core.partial_correlation import partial_correlation_eval
+from facrnn.evaluation.settings import EvalSettings
 
 
 @dataclass
@@ -50,12 +49,7 @@ def evaluate_model(
     model: LowRankRNN,
     tensors: dict[str, torch.Tensor],
     recording: Recording,
-    n_mc: int = 10,
-    seed: int = 0,
-    history: int = 1,
-    rollout_steps: int = 20,
-    dynamics: bool = True,
-    likelihood: str = "gaussian",
+    settings: EvalSettings | None = None,
 ) -> Evaluation:
     """Score ``model`` on one split.
 
@@ -69,43 +63,36 @@ def evaluate_model(
         ``time`` ``(n,)``).
     recording : Recording
         Ground truth (``A``, ``B``, ``group_sizes``) when known.
-    n_mc, seed : int
-        Posterior samples per point and seed of the partial-correlation estimate.
-    history : int
-        The model's encoder history ``L`` (for the rollouts).
-    rollout_steps : int
-        ``K_max`` of the k-step-ahead R² curve (:mod:`facrnn.evaluation.dynamics`).
-    dynamics : bool
-        Run the rollout measures (needs the split's ``trial`` and ``time`` per bin).
-    likelihood : {"gaussian", "poisson"}
-        The model's observation model: ``cond_loglik`` is then the Poisson log-likelihood of
-        the decoded rates, and ``bits_per_spike`` is added.
+    settings : EvalSettings, optional
+        ``n_mc`` and ``seed`` of the partial-correlation estimate, ``dynamics`` (run the
+        rollout measures; needs the split's ``trial`` and ``time`` per bin) and their
+        ``rollout_steps`` (``K_max`` of the k-step-ahead R² curve,
+        :mod:`facrnn.evaluation.dynamics`); default :class:`EvalSettings()`. ``split``,
+        ``checkpoint`` and ``figures`` are the caller's.
+
+    The history ``L`` of the rollouts and the observation model behind ``cond_loglik``
+    (plus ``bits_per_spike`` for Poisson counts) are the model's own (``model.history``,
+    ``model.observation``).
     """
+    settings = EvalSettings() if settings is None else settings
+    n_mc, seed = settings.n_mc, settings.seed
     model.eval()
     with torch.no_grad():
         means = model.encode(tensors["encoder_input"])
         reconstruction = model.decode(means, tensors.get("external_input"))
     x = tensors["x"].numpy()
     latent_dim = model.latent_dim
-    metrics = {
-        "cond_loglik": (
-            poisson_loglik(x, reconstruction.numpy())
-            if likelihood == "poisson"
-            else cond_loglik(x, reconstruction.numpy(), model.log_noise_std.detach().numpy())
-        ),
-        "recon_r2": recon_r2(x, reconstruction.numpy()),
-    }
+    fit = observation_scores(model.observation, x, reconstruction.numpy(), model.log_noise_std.detach().numpy())
+    metrics = {"cond_loglik": fit.pop("cond_loglik"), "recon_r2": recon_r2(x, reconstruction.numpy()), **fit}
     true_sizes = recording.group_sizes
     if true_sizes is not None and sum(true_sizes) == latent_dim:
         eval_sizes = evaluation_grouping(model.group_sizes, true_sizes)
     else:
         eval_sizes = list(model.group_sizes)
-    if likelihood == "poisson" and x.sum() > 0:
-        metrics["bits_per_spike"] = bits_per_spike(x, reconstruction.numpy())
     metrics["partial_corr"] = partial_correlation_eval(means.double(), model.width, eval_sizes, n_mc, seed)
     metrics["total_corr"] = partial_correlation_eval(means.double(), model.width, [1] * latent_dim, n_mc, seed)
     result = Evaluation(metrics=metrics, eval_group_sizes=eval_sizes)
-    if dynamics and "trial" in tensors and "time" in tensors:
+    if settings.dynamics and "trial" in tensors and "time" in tensors:
         from facrnn.evaluation.dynamics import dynamics_metrics
 
         result.dynamics = dynamics_metrics(
@@ -113,10 +100,9 @@ def evaluate_model(
             torch.from_numpy(recording.x),
             torch.stack([tensors["trial"], tensors["time"]], dim=1),
             eval_sizes,
-            n_lags=history,
             missing_past="zero" if recording.single_sequence else "first",
             external_input=None if recording.external_input is None else torch.from_numpy(recording.external_input),
-            max_steps=rollout_steps,
+            max_steps=settings.rollout_steps,
             seed=seed,
         )
         metrics.update(result.dynamics.metrics)

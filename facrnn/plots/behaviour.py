@@ -1,7 +1,7 @@
 """Figures of the behavioural alignment (M1): reach trajectories and the rotation sweep.
 
 matplotlib's object-oriented API only (``matplotlib.figure.Figure``), like
-:mod:`facrnn.plots.run`; each function writes one PNG and returns its path.
+:mod:`facrnn.plots.fit`; each function writes one PNG and returns its path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from facrnn.evaluation.behaviour import BehaviourEvaluation
-from facrnn.plots.run import _save
+from facrnn.plots.save import save_figure
 
 DIRECTION_CMAP = "hsv"
 
@@ -59,9 +59,7 @@ def plot_reach_trajectories(
     position, aligned = np.asarray(position, dtype=np.float64), np.asarray(aligned, dtype=np.float64)
     trial, time = np.asarray(trial).ravel(), np.asarray(time).ravel()
     if position.ndim != 2 or position.shape[1] != 2 or aligned.shape != position.shape:
-        raise ValueError(
-            f"position has shape {position.shape} and aligned {aligned.shape}: expected both (n, 2)"
-        )
+        raise ValueError(f"position has shape {position.shape} and aligned {aligned.shape}: expected both (n, 2)")
     if trial.shape != (len(position),) or time.shape != (len(position),):
         raise ValueError(f"trial {trial.shape} and time {time.shape}: expected ({len(position)},) like position")
     trials = np.unique(trial)
@@ -88,7 +86,7 @@ def plot_reach_trajectories(
         right.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rotation_sweep(sweep: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
@@ -118,7 +116,7 @@ def plot_rotation_sweep(sweep: dict[str, np.ndarray], path: str | os.PathLike, t
     ax.legend(fontsize="small")
     if title:
         ax.set_title(title, fontsize="medium")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_behaviour_figures(figure_dir: str | os.PathLike, behaviour: BehaviourEvaluation) -> list[Path]:

@@ -1,6 +1,6 @@
 """Figures of a comparison across methods (``python -m facrnn.cli.compare``).
 
-Object-oriented matplotlib (``Figure`` + Agg canvas, no pyplot), like :mod:`facrnn.plots.run`.
+Object-oriented matplotlib (``Figure`` + Agg canvas, no pyplot), like :mod:`facrnn.plots.fit`.
 Each function writes one PNG and returns its path.
 
 - :func:`plot_metric_boxes`: one panel per metric, a box per method, significance marks of
@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the '3d' projection)
 
 from facrnn.core.grouping import group_slices
+from facrnn.plots.save import save_figure
 
-DPI = 90
 CMAP = "RdBu_r"
 
 __all__ = [
@@ -35,13 +35,6 @@ __all__ = [
     "plot_permutation_boxes",
     "significance_mark",
 ]
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
 
 
 def significance_mark(p_value: float) -> str:
@@ -97,8 +90,9 @@ def plot_metric_boxes(
         data = [column[np.isfinite(column)] for column in data]
         present = [i for i, column in enumerate(data) if column.size]
         if present:
-            boxes = ax.boxplot([data[i] for i in present], positions=positions[present], widths=0.6,
-                               patch_artist=True, showfliers=False)
+            boxes = ax.boxplot(
+                [data[i] for i in present], positions=positions[present], widths=0.6, patch_artist=True, showfliers=False
+            )
             for i, box in zip(present, boxes["boxes"]):
                 box.set_facecolor(_method_colour(methods, methods[i]))
                 box.set_alpha(0.35)
@@ -118,10 +112,10 @@ def plot_metric_boxes(
         ax.set_xticks(positions, methods, rotation=35, ha="right", fontsize=7)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    for ax in axes.ravel()[len(metrics):]:
+    for ax in axes.ravel()[len(metrics) :]:
         ax.set_axis_off()
     fig.suptitle(f"per-seed metrics; marks: paired t-test of {reference} vs each method", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latent_overlays(
@@ -178,7 +172,7 @@ def plot_latent_overlays(
                 title += f"\nR² = {group_scores[method][g]:.2f}"
             ax.set_title(title, fontsize=8)
     fig.suptitle("true latents (dark) and aligned estimates (colour), held-out bins", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_connectivity_grid(
@@ -217,7 +211,7 @@ def plot_connectivity_grid(
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="weight")
     fig.suptitle("connectivity W = A B and sub-circuits W_g (groups matched to the truth)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_permutation_boxes(
@@ -240,19 +234,29 @@ def plot_permutation_boxes(
     fig = Figure(figsize=(1.3 * len(methods) + 2.5, 3.6), layout="constrained")
     ax = fig.subplots()
     positions = np.arange(len(methods))
-    boxes = ax.boxplot([np.asarray(scores[m], dtype=float) for m in methods], positions=positions, widths=0.6,
-                       patch_artist=True, showfliers=True)
+    boxes = ax.boxplot(
+        [np.asarray(scores[m], dtype=float) for m in methods],
+        positions=positions,
+        widths=0.6,
+        patch_artist=True,
+        showfliers=True,
+    )
     for i, box in enumerate(boxes["boxes"]):
         box.set_facecolor(f"C{i % 10}")
         box.set_alpha(0.3)
     rng = np.random.default_rng(0)
     for i, method in enumerate(methods):
         own = np.asarray(own_scores.get(method, []), dtype=float)
-        ax.plot(positions[i] + rng.uniform(-0.1, 0.1, own.size), own, "k^", markersize=4,
-                label="reported grouping" if i == 0 else None)
+        ax.plot(
+            positions[i] + rng.uniform(-0.1, 0.1, own.size),
+            own,
+            "k^",
+            markersize=4,
+            label="reported grouping" if i == 0 else None,
+        )
     ax.set_xticks(positions, methods, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("group latent R²")
     suffix = f" ({n_partitions} per run)" if n_partitions else ""
     ax.set_title(f"permutation analysis: every split of the latents into true-size groups{suffix}", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Figures of the rollout measures (:mod:`facrnn.evaluation.dynamics`): k-step R² curves across methods,
 generated vs encoded attractors per group, the group coupling matrix.
 
-Object-oriented matplotlib (no pyplot), like :mod:`facrnn.plots.run`; each function writes one
+Object-oriented matplotlib (no pyplot), like :mod:`facrnn.plots.fit`; each function writes one
 PNG and returns its path.
 """
 
@@ -16,8 +16,7 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the '3d' projection)
 
 from facrnn.core.grouping import group_slices
-
-DPI = 120
+from facrnn.plots.save import save_figure
 
 __all__ = [
     "plot_attractors",
@@ -26,13 +25,6 @@ __all__ = [
     "rollout_curves_from_rows",
     "write_dynamics_figures",
 ]
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
 
 
 def plot_rollout_curves(
@@ -65,7 +57,7 @@ def plot_rollout_curves(
     ax.set_ylabel("R² of decoded prediction")
     ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attractors(
@@ -110,7 +102,7 @@ def plot_attractors(
         ax.set_title(f"group {index + 1} (z{part.start + 1}..z{part.stop})", fontsize="small")
         if index == 0:
             ax.legend(fontsize="x-small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_coupling(matrix: np.ndarray, path: str | os.PathLike, coupling: float | None = None) -> Path:
@@ -140,7 +132,7 @@ def plot_coupling(matrix: np.ndarray, path: str | os.PathLike, coupling: float |
     suffix = "" if coupling is None else f"\ngroup_coupling = {coupling:.3f}"
     ax.set_title(f"Jacobian block norms (relative){suffix}", fontsize="small")
     fig.colorbar(image, ax=ax, shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_dynamics_figures(figure_dir: str | os.PathLike, result, group_sizes: Sequence[int]) -> list[Path]:
@@ -160,7 +152,9 @@ def write_dynamics_figures(figure_dir: str | os.PathLike, result, group_sizes: S
     if result.generation is not None:
         written.append(
             plot_attractors(
-                result.generation.encoded_latents, result.generation.generated_latents, group_sizes,
+                result.generation.encoded_latents,
+                result.generation.generated_latents,
+                group_sizes,
                 figure_dir / "attractors.png",
             )
         )
@@ -180,7 +174,7 @@ def rollout_curves_from_rows(rows: Sequence[Mapping[str, object]], method_key: s
     curves: dict[str, list[list[float]]] = {}
     horizon = 0
     for row in rows:
-        steps = [int(key[len("rollout_r2_k"):]) for key in row if str(key).startswith("rollout_r2_k")]
+        steps = [int(key[len("rollout_r2_k") :]) for key in row if str(key).startswith("rollout_r2_k")]
         horizon = max([horizon, *steps])
     if horizon == 0:
         return {}

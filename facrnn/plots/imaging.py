@@ -1,7 +1,7 @@
 """Figures of imaging recordings (mouse widefield voltage, DESIGN §4): loading maps of each
 latent group on the brain mask, frames of raw | per-group reconstructions, and a movie.
 
-Like :mod:`facrnn.plots.run`, everything uses matplotlib's object-oriented API
+Like :mod:`facrnn.plots.fit`, everything uses matplotlib's object-oriented API
 (``matplotlib.figure.Figure``, no pyplot); the movie is a
 ``matplotlib.animation.FuncAnimation`` of such a figure saved with the Pillow GIF writer
 (or ffmpeg for MP4 when it is installed). Channels are mapped back to pixels with the
@@ -25,23 +25,15 @@ from matplotlib import animation
 from matplotlib.figure import Figure
 
 from facrnn.core.grouping import group_slices
-from facrnn.evaluation.metrics import group_latent_r2
 from facrnn.core.model import LowRankRNN, encoder_input
+from facrnn.evaluation.metrics import group_latent_r2
+from facrnn.plots.save import MOVIE_DPI, save_figure
 
 log = logging.getLogger(__name__)
 
-DPI = 110
-MOVIE_DPI = 72
 MAP_CMAP = "RdBu_r"
 BACKGROUND = "0.85"
 MOVIE_FORMATS = ("gif", "mp4", "none")
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
 
 
 def _check_channel_map(channel_map: np.ndarray, n_channels: int) -> np.ndarray:
@@ -166,15 +158,13 @@ def plot_loading_maps(
             ax.set_axis_off()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ frames and movie
 
 
-def _frame_columns(
-    raw: np.ndarray, groups: np.ndarray, true_groups: np.ndarray | None
-) -> tuple[list[np.ndarray], list[str]]:
+def _frame_columns(raw: np.ndarray, groups: np.ndarray, true_groups: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
     columns = [raw] + list(groups)
     names = ["raw"] + [f"group {g + 1} recon." for g in range(len(groups))]
     if true_groups is not None:
@@ -238,7 +228,7 @@ def plot_reconstruction_frames(
     fig.colorbar(artist, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="activity (z-scored units)")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_reconstruction_movie(
@@ -280,12 +270,12 @@ def write_reconstruction_movie(
     map_height = panel * height / width
     fig = Figure(figsize=(panel * len(columns) + bar, map_height + top))
     # a fixed layout (no layout engine to rerun on every frame)
-    fig.subplots_adjust(left=0.01, right=1 - bar / (panel * len(columns) + bar), bottom=0.02, top=map_height / (map_height + top), wspace=0.04)
+    right = 1 - bar / (panel * len(columns) + bar)
+    fig.subplots_adjust(left=0.01, right=right, bottom=0.02, top=map_height / (map_height + top), wspace=0.04)
     axes = fig.subplots(1, len(columns), squeeze=False)[0]
     artists = [_map_panel(ax, stack[0], limit, name) for ax, stack, name in zip(axes, images, names)]
     for ax in axes:
         ax.set_axis_off()  # no axis to redraw on every frame; outside the mask stays blank
-    right = 1 - bar / (panel * len(columns) + bar)
     fig.colorbar(artists[-1], cax=fig.add_axes((right + 0.01, 0.08, 0.012, 0.75 * map_height / (map_height + top))))
     label = fig.suptitle(f"{title}  {_time_label(int(frames[0]), fs)}".strip(), fontsize="medium")
 
@@ -332,7 +322,7 @@ def write_imaging_figures(
     recording,
     figure_dir: str | os.PathLike,
     settings: dict,
-    history: int = 1,
+    history: int | None = None,
     test_times: np.ndarray | None = None,
 ) -> list[Path]:
     """Loading maps, frames and movie of a model fitted to an imaging recording with a mask.
@@ -346,8 +336,8 @@ def write_imaging_figures(
     settings : dict
         ``start_s`` (None: first frame of ``test_times``), ``duration_s``, ``stride``,
         ``fps``, ``n_frames``, ``movie_format`` (see ``datamodules.mouse_voltage.FIGURE_DEFAULTS``).
-    history : int
-        Encoder lags of the model.
+    history : int, optional
+        Encoder lags; default the model's (``model.history``).
     test_times : array of int, optional
         Frames of the held-out split; the default window starts at the first.
 
@@ -362,6 +352,7 @@ def write_imaging_figures(
     if movie_format not in MOVIE_FORMATS:
         raise ValueError(f"datamodule.figures.movie_format={movie_format!r}: expected one of {MOVIE_FORMATS}")
     x = torch.from_numpy(recording.x[0])  # one long recording
+    history = model.history if history is None else history
     model.eval()
     with torch.no_grad():
         means = model.encode(encoder_input(x[None], history, "zero")[0])

@@ -91,8 +91,7 @@ def read_checkpoint(path: str | Path, hint: str = RETRAIN_HINT) -> dict[str, Any
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         size = path.stat().st_size
         raise CheckpointError(
-            f"{path}: truncated or corrupted ({size} bytes; {_first_line(error)}); "
-            f"expected a complete checkpoint: {hint}"
+            f"{path}: truncated or corrupted ({size} bytes; {_first_line(error)}); expected a complete checkpoint: {hint}"
         ) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -10,7 +10,8 @@ Layout of a run with ``model.replicas=R`` (``R > 1``)::
         csv/metrics.csv              its own training curves, restarts.json (with restarts)
 
 With ``R = 1`` (restarts only) the plain checkpoints, curves and ``restarts.json`` go into
-``RUN`` itself.
+``RUN`` itself. File names: :class:`facrnn.runs.run_dir.RunDir`. Checkpoints are written
+atomically (:func:`facrnn.training.faults.atomic_torch_save`), like Lightning's own.
 """
 
 from __future__ import annotations
@@ -25,21 +26,24 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from facrnn.runs.run_dir import RunDir
+from facrnn.training.faults import atomic_torch_save
+
 if TYPE_CHECKING:
     from facrnn.training.module import FacRNNModule
 
 log = logging.getLogger(__name__)
 
-COPIES_CHECKPOINT_DIR = Path("checkpoints") / "copies"
-RESTARTS_FILE = "restarts.json"
 
-
-def replica_dir(run_dir: Path, replica: int, seed: int, replicas: int) -> Path:
+def replica_dir(run_dir: Path, replica: int, seed: int, replicas: int) -> RunDir:
     """Directory of replica ``replica`` (the run directory itself when there is one replica)."""
-    return run_dir if replicas == 1 else run_dir / f"replica_{replica:02d}_seed{seed}"
+    run = RunDir(run_dir)
+    return run if replicas == 1 else run.replica(replica, seed)
 
 
-def plain_checkpoint(module: FacRNNModule, copy: int, parameters: dict[str, torch.Tensor] | None, epoch: int, seed: int) -> dict[str, Any]:
+def plain_checkpoint(
+    module: FacRNNModule, copy: int, parameters: dict[str, torch.Tensor] | None, epoch: int, seed: int
+) -> dict[str, Any]:
     """A checkpoint of copy ``copy`` that :meth:`FacRNNModule.load` reads as a plain run: the
     copy's weights under a plain module's names (``model.encoder.weight``, ...) and the
     hyper-parameters of one start (the restarts are recorded in restarts.json, not re-run)."""
@@ -57,11 +61,11 @@ def plain_checkpoint(module: FacRNNModule, copy: int, parameters: dict[str, torc
 
 def write_curves(module: FacRNNModule, copy: int, path: Path) -> Path:
     """``csv/metrics.csv`` of one copy, in the CSVLogger layout the plots read."""
-    from facrnn.training.module import LOSS_TERMS
+    from facrnn.core.losses import LOSS_TERMS
 
     rows = []
     for split in ("train", "val"):
-        for epoch, step, means in module.copy_history[split]:
+        for epoch, step, means in module.copies.history[split]:
             row = {"epoch": epoch, "step": step}
             row.update({f"{split}/{name}": float(means[index, copy]) for index, name in enumerate(LOSS_TERMS)})
             rows.append(row)
@@ -99,55 +103,47 @@ def export_copies(module: FacRNNModule, cfg: DictConfig, run_dir: Path) -> list[
     logged error.
     """
     replicas = int(module.hparams.get("replicas", 1))
-    if int(module.hparams.get("restarts", 1)) > 1 and module.restart_record is None:
-        module.select_restarts()  # training ended inside the warm phase
+    if int(module.hparams.get("restarts", 1)) > 1 and module.copies.restart_record is None:
+        module.copies.select_restarts()  # training ended inside the warm phase
     seed = int(cfg.seed)
     written = []
     for replica in range(replicas):
         replica_seed = seed + replica
         target = replica_dir(run_dir, replica, replica_seed, replicas)
-        validated = module.best_epoch is not None and int(module.best_epoch[replica]) >= 0
-        history = module.copy_history["train"]
+        validated = module.copies.best_epoch is not None and int(module.copies.best_epoch[replica]) >= 0
+        history = module.copies.history["train"]
         finite = bool(history) and bool(torch.isfinite(history[-1][2][:, replica]).all())
         if not (validated or finite):
             log.error("replica %d (seed %d): its loss is not finite, no checkpoint written", replica, replica_seed)
             continue
-        checkpoint_dir = target / "checkpoints"
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        target.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         if validated:  # like ModelCheckpoint: best.ckpt only once a validation has run
-            best = plain_checkpoint(module, replica, module.best_parameters, int(module.best_epoch[replica]), replica_seed)
-            torch.save(best, checkpoint_dir / "best.ckpt")
+            best = plain_checkpoint(
+                module, replica, module.copies.best_parameters, int(module.copies.best_epoch[replica]), replica_seed
+            )
+            atomic_torch_save(best, target.checkpoint("best"))
         if finite:
             last = plain_checkpoint(module, replica, None, module.current_epoch, replica_seed)
-            torch.save(last, checkpoint_dir / "last.ckpt")
-        write_curves(module, replica, target / "csv" / "metrics.csv")
-        if module.restart_record is not None:
-            summary = restart_summary(module.restart_record, replica)
-            (target / RESTARTS_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        if target != run_dir:
+            atomic_torch_save(last, target.checkpoint("last"))
+        write_curves(module, replica, target.training_curves_file)
+        if module.copies.restart_record is not None:
+            summary = restart_summary(module.copies.restart_record, replica)
+            target.restarts_file.write_text(json.dumps(summary, indent=1) + "\n")
+        if target.path != Path(run_dir):
             replica_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
             replica_cfg.seed = replica_seed
             replica_cfg.model.replicas = 1
-            replica_cfg.paths.output_dir = str(target)
+            replica_cfg.paths.output_dir = str(target.path)
             replica_cfg.replica_of = str(run_dir)
-            (target / "config.yaml").write_text(OmegaConf.to_yaml(replica_cfg))
-        written.append(target)
+            target.config_file.write_text(OmegaConf.to_yaml(replica_cfg))
+        written.append(target.path)
     log.info("wrote %d replica run(s) of %s", len(written), run_dir)
     return written
 
 
-def read_restarts(run_dir: Path) -> dict[str, Any] | None:
-    """``restarts.json`` of a run directory, or None."""
-    path = Path(run_dir) / RESTARTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 __all__ = [
-    "COPIES_CHECKPOINT_DIR",
-    "RESTARTS_FILE",
     "export_copies",
     "plain_checkpoint",
-    "read_restarts",
     "replica_dir",
     "restart_summary",
     "write_curves",

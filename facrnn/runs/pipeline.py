@@ -9,7 +9,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import hydra
 import pytorch_lightning as pl
@@ -17,15 +17,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.base import RecordingDataModule
-from facrnn.runs.checkpoints import CheckpointNotFoundError, load_checkpoint
-from facrnn.training.settings import check_train_config
+from facrnn.core.copies import configured_copies
 from facrnn.errors import ConfigError
+from facrnn.evaluation.settings import EvalSettings
+from facrnn.runs.checkpoints import load_checkpoint
+from facrnn.runs.resume import prepare_resume
+from facrnn.runs.run_dir import RunDir
 from facrnn.training.faults import raise_if_interrupted
 from facrnn.training.module import FacRNNModule
-from facrnn.runs.export import read_restarts
-from facrnn.core.copies import configured_copies
-from facrnn.runs.resume import prepare_resume
 from facrnn.training.runtime import keep_freed_buffers, training_threads
+from facrnn.training.settings import check_train_config
 
 if TYPE_CHECKING:
     from facrnn.core.model import LowRankRNN
@@ -43,11 +44,6 @@ QUIET_WARNINGS = (
     r".*overridden `transfer_batch_to_device` in `LightningModule`.*",
 )
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-ROTATION_SWEEP_FILE = "rotation_sweep.csv"
-FIXED_POINTS_FILE = "fixed_points.json"
-
 
 def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
     """Build and set up the datamodule of a config."""
@@ -64,10 +60,11 @@ def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, s
     )
 
 
-def configure_copies(module: FacRNNModule, datamodule: RecordingDataModule, callbacks: list[Any], cfg: DictConfig, run_dir: Path) -> None:
+def configure_copies(
+    module: FacRNNModule, datamodule: RecordingDataModule, callbacks: list[Any], cfg: DictConfig, run: RunDir
+) -> None:
     """Hand the datamodule its batching (``batches_per_call``) and, for batched model copies,
     one shuffling seed per copy; keep the copies' training checkpoints in ``checkpoints/copies``."""
-    from facrnn.runs.export import COPIES_CHECKPOINT_DIR
     from facrnn.core.copies import copy_seed
 
     copy_seeds = None
@@ -76,7 +73,7 @@ def configure_copies(module: FacRNNModule, datamodule: RecordingDataModule, call
         copy_seeds = [copy_seed(int(cfg.seed), copy // restarts, copy % restarts) for copy in range(module.n_copies)]
         for callback in callbacks:
             if isinstance(callback, pl.callbacks.ModelCheckpoint):
-                callback.dirpath = str(run_dir / COPIES_CHECKPOINT_DIR)
+                callback.dirpath = str(run.copies_dir)
     datamodule.configure_training(batches_per_call=int(cfg.get("batches_per_call", 0)), copy_seeds=copy_seeds)
 
 
@@ -102,16 +99,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
     keep_freed_buffers()
     torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
-    run_dir = Path(cfg.paths.output_dir)
+    run = RunDir(cfg.paths.output_dir)
+    run_dir = run.path
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run.config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = instantiate_datamodule(cfg.datamodule)
     module = instantiate_module(cfg.model, datamodule, seed=int(cfg.seed))
     callbacks = instantiate_group(cfg.get("callbacks"))
-    configure_copies(module, datamodule, callbacks, cfg, run_dir)
+    configure_copies(module, datamodule, callbacks, cfg, run)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
@@ -125,9 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_wandb(loggers)
     result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
-    result["callback_metrics"] = {
-        name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
-    }
+    result["callback_metrics"] = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
     run_dirs = [run_dir]
     if module.is_replicated and trainer.is_global_zero:
         from facrnn.runs.export import export_copies
@@ -136,7 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result["replica_run_dirs"] = [str(path) for path in run_dirs]
     # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
     if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
-        evaluated = {str(path): evaluate_run(path, datamodule=datamodule).metrics for path in run_dirs}
+        settings = EvalSettings()
+        evaluated = {str(path): evaluate_run(path, settings, datamodule=datamodule).metrics for path in run_dirs}
         result["metrics"] = evaluated[str(run_dirs[0])] if len(run_dirs) == 1 else mean_metrics(list(evaluated.values()))
         if len(run_dirs) > 1:
             result["replica_metrics"] = evaluated
@@ -172,98 +169,117 @@ def finish_wandb(loggers: list[Any]) -> None:
             wandb.finish()
 
 
-def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
-    """Path of the ``best`` or ``last`` checkpoint of a run, or ``which`` itself if it is a file."""
-    if which not in ("best", "last"):
-        path = Path(which)
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"checkpoint={which}: not a file; expected best, last or a .ckpt path")
-        return path
-    candidates = [run_dir / "checkpoints" / f"{which}.ckpt"]
-    if which == "best":
-        candidates.append(run_dir / "checkpoints" / "last.ckpt")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise CheckpointNotFoundError(
-        f"{run_dir}/checkpoints: no {' or '.join(path.name for path in candidates)} (training stopped before its "
-        "first checkpoint?); expected a run directory written by train.py: re-train, or pass checkpoint=PATH"
-    )
+class OpenedRun(NamedTuple):
+    """A run directory opened for scoring (:func:`open_run`)."""
+
+    run: RunDir
+    checkpoint: Path
+    module: FacRNNModule
+    datamodule: RecordingDataModule
+
+
+def open_run(run_dir: str | Path, settings: EvalSettings, datamodule: RecordingDataModule | None = None) -> OpenedRun:
+    """Check a run directory and load what scoring it needs: config, checkpoint, module, data.
+
+    Config and checkpoint problems are reported before any data is loaded.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run directory written by ``train.py`` (one replica directory of a ``model.replicas`` run).
+    settings : EvalSettings
+        ``checkpoint`` and ``split`` are used here.
+    datamodule : RecordingDataModule, optional
+        The run's data, already set up (else built from its ``config.yaml``).
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        No ``config.yaml``, or no such checkpoint.
+    CheckpointError
+        The checkpoint cannot be read.
+    ConfigError
+        The parent of a ``model.replicas`` run, or a split the data does not have.
+    """
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    replicas = int(cfg.model.get("replicas", 1)) if "model" in cfg else 1
+    if replicas > 1 and settings.checkpoint in RunDir.CHECKPOINT_NAMES:
+        replica_dirs = [replica.path.name for replica in run.replica_dirs()]
+        raise ConfigError(
+            f"run_dir={run.path}: a run of model.replicas={replicas} batched copies; expected one of its replica "
+            f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
+        )
+    checkpoint = run.find_checkpoint(settings.checkpoint)  # checkpoint problems before any data loading
+    module = load_checkpoint(checkpoint)
+    if datamodule is None:
+        datamodule = instantiate_datamodule(cfg.datamodule)
+    if settings.split not in datamodule.splits:
+        raise ConfigError(f"split={settings.split!r}: expected one of {sorted(datamodule.splits)}")
+    return OpenedRun(run, checkpoint, module, datamodule)
+
+
+def score(model: LowRankRNN, datamodule: RecordingDataModule, settings: EvalSettings) -> Evaluation:
+    """Score ``model`` on the split ``settings.split`` of ``datamodule``."""
+    from facrnn.evaluation.scoring import evaluate_model
+
+    return evaluate_model(model, datamodule.split_tensors(settings.split), datamodule.recording, settings)
 
 
 def evaluate_run(
-    run_dir: str | Path,
-    checkpoint: str = "best",
-    split: str = "test",
-    n_mc: int = 10,
-    seed: int = 0,
-    figures: bool = True,
-    datamodule: RecordingDataModule | None = None,
-    rollout_steps: int = 20,
-    dynamics: bool = True,
+    run_dir: str | Path, settings: EvalSettings | None = None, datamodule: RecordingDataModule | None = None
 ) -> Evaluation:
     """Evaluate a finished training run; writes ``metrics.json`` and figures into it.
 
-    ``rollout_steps`` and ``dynamics`` set the rollout measures of :mod:`facrnn.evaluation.dynamics`
-    (k-step R² up to ``rollout_steps``, free generation, coupling, fixed points, the latter
-    also written to ``fixed_points.json``).
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory.
+    settings : EvalSettings, optional
+        Checkpoint, split, estimator settings, figures (default: ``EvalSettings()``). The
+        rollout measures of :mod:`facrnn.evaluation.dynamics` (``settings.dynamics``) also
+        write ``fixed_points.json``.
+    datamodule : RecordingDataModule, optional
+        The run's data, already set up.
     """
     from facrnn.evaluation.behaviour import write_rotation_sweep_csv
-    from facrnn.evaluation.scoring import evaluate_model
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointNotFoundError(
-            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
-        )
-    cfg = OmegaConf.load(config_path)
-    replicas = int(cfg.model.get("replicas", 1)) if "model" in cfg else 1
-    if replicas > 1 and checkpoint in ("best", "last"):
-        replica_dirs = sorted(path.name for path in run_dir.glob("replica_*") if path.is_dir())
-        raise ConfigError(
-            f"run_dir={run_dir}: a run of model.replicas={replicas} batched copies; expected one of its replica "
-            f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
-        )
-    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
-    module = load_checkpoint(checkpoint_path)
-    if datamodule is None:
-        datamodule = instantiate_datamodule(cfg.datamodule)
-    if split not in datamodule.splits:
-        raise ConfigError(f"split={split!r}: expected one of {sorted(datamodule.splits)}")
-    evaluation = evaluate_model(
-        module.model, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
-        history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
-        likelihood=str(module.hparams.get("likelihood", "gaussian")),
-    )
-    restarts = read_restarts(run_dir)
+    settings = settings or EvalSettings()
+    opened = open_run(run_dir, settings, datamodule)
+    run = opened.run
+    evaluation = score(opened.module.model, opened.datamodule, settings)
+    restarts = run.read_restarts()
     if restarts is not None:  # model.restarts: how many starts, which one was kept (by training objective)
         evaluation.metrics.update(restarts=float(restarts["restarts"]), kept_start=float(restarts["kept_start"]))
-    (run_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
-    log.info("evaluated %s on the %s split: %s", checkpoint_path, split, run_dir / METRICS_FILE)
+    run.write_metrics(evaluation.metrics)
+    log.info("evaluated %s on the %s split: %s", opened.checkpoint, settings.split, run.metrics_file)
     if evaluation.behaviour is not None and evaluation.behaviour.sweep is not None:
-        write_rotation_sweep_csv(evaluation.behaviour.sweep, run_dir / ROTATION_SWEEP_FILE)
+        write_rotation_sweep_csv(evaluation.behaviour.sweep, run.rotation_sweep_file)
     if evaluation.dynamics is not None and evaluation.dynamics.fixed_points is not None:
         fixed_points = [point.to_dict() for point in evaluation.dynamics.fixed_points]
-        (run_dir / FIXED_POINTS_FILE).write_text(json.dumps(fixed_points, indent=1) + "\n")
-    if figures:
-        write_figures(run_dir, evaluation, module, datamodule)
+        run.fixed_points_file.write_text(json.dumps(fixed_points, indent=1) + "\n")
+    if settings.figures:
+        write_figures(run, evaluation, opened.module, opened.datamodule)
     return evaluation
 
 
 def write_figures(
-    run_dir: Path,
+    run: RunDir,
     evaluation: Evaluation,
     module: FacRNNModule | None = None,
     datamodule: RecordingDataModule | None = None,
 ) -> list[Path]:
-    """Latents, connectivity, behaviour (M1) and training-curve PNGs of an evaluated run;
-    with ``module`` and ``datamodule`` of an imaging recording with a mask, also the loading
-    maps, frames and movie of :mod:`facrnn.plots.imaging`."""
-    from facrnn.plots import run as plots
+    """Latents, connectivity, behaviour (M1) and training-curve PNGs of an evaluated run
+    into ``run.figures_dir``; with ``module`` and ``datamodule`` of an imaging recording with
+    a mask, also the loading maps, frames and movie of :mod:`facrnn.plots.imaging`.
+
+    The file names of this function's own figures are written here, once each; the
+    behaviour, dynamics and imaging figures are named by their :mod:`facrnn.plots` modules.
+    """
+    from facrnn.plots import fit as plots
     from facrnn.plots.behaviour import write_behaviour_figures
 
-    figure_dir = run_dir / "figures"
+    figure_dir = run.figures_dir
     figure_dir.mkdir(exist_ok=True)
     written = []
     if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
@@ -308,29 +324,36 @@ def write_figures(
             history=int(module.hparams.get("history", 1)),
             test_times=datamodule.split_tensors("test")["time"].numpy(),
         )
-    metrics_csv = run_dir / "csv" / "metrics.csv"
-    if metrics_csv.is_file():
-        written.append(plots.plot_training_curves(metrics_csv, figure_dir / "training_curves.png"))
-    restarts = read_restarts(run_dir)
+    if run.training_curves_file.is_file():
+        written.append(plots.plot_training_curves(run.training_curves_file, figure_dir / "training_curves.png"))
+    restarts = run.read_restarts()
     if restarts is not None:
         written.append(plots.plot_restarts(restarts, figure_dir / "restarts.png"))
     return written
 
 
+def check_posthoc_kind(kind: str) -> None:
+    """``kind`` must name a post-hoc baseline of :mod:`facrnn.evaluation.posthoc` (``posthoc=`` of evaluate.py).
+
+    Raises
+    ------
+    ConfigError
+        ``posthoc='pca': expected one of ica, svd``.
+    """
+    from facrnn.evaluation.posthoc import POSTHOC_METHODS
+
+    if kind not in POSTHOC_METHODS:
+        raise ConfigError(f"posthoc={kind!r}: expected one of {', '.join(sorted(POSTHOC_METHODS))}")
+
+
 def evaluate_posthoc(
     run_dir: str | Path,
     kind: str,
-    checkpoint: str = "best",
-    split: str = "test",
-    n_mc: int = 10,
-    seed: int = 0,
-    figures: bool = True,
+    settings: EvalSettings | None = None,
     datamodule: RecordingDataModule | None = None,
-    rollout_steps: int = 20,
-    dynamics: bool = True,
 ) -> tuple[Evaluation, LowRankRNN]:
-    """Post-hoc variant of a trained run, scored like the run itself (same arguments as
-    :func:`facrnn.runs.pipeline.evaluate_run`).
+    """Post-hoc variant ``kind`` (``ica`` or ``svd``) of a trained run, scored like the run
+    itself (the other arguments as :func:`evaluate_run`).
 
     Writes ``RUN/posthoc_<kind>/metrics.json`` (plus ``posthoc.json`` with the method name
     and settings, and ``figures/``).
@@ -340,37 +363,31 @@ def evaluate_posthoc(
     (Evaluation, LowRankRNN)
         The scores and the transformed model.
     """
-    from facrnn.evaluation.posthoc import POSTHOC_DIR, POSTHOC_METHODS, posthoc_group_sizes, posthoc_model
-    from facrnn.evaluation.scoring import evaluate_model
+    from facrnn.evaluation.posthoc import (
+        POSTHOC_METHODS,
+        posthoc_group_sizes,
+        posthoc_model,
+    )
 
-    if kind not in POSTHOC_METHODS:
-        raise ValueError(f"posthoc={kind!r}: expected one of {sorted(POSTHOC_METHODS)}")
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointNotFoundError(
-            f"run_dir={run_dir}: no {CONFIG_FILE}; expected a run directory written by train.py"
-        )
-    checkpoint_path = find_checkpoint(run_dir, checkpoint)  # checkpoint problems before any data loading
-    module = load_checkpoint(checkpoint_path)
-    if datamodule is None:
-        datamodule = instantiate_datamodule(OmegaConf.load(config_path).datamodule)
-    model = module.model
+    check_posthoc_kind(kind)
+    settings = settings or EvalSettings()
+    opened = open_run(run_dir, settings, datamodule)
+    model = opened.module.model
     model.eval()
-    transformed = posthoc_model(
-        model, kind, posthoc_group_sizes(model, datamodule), datamodule.split_tensors("train")["encoder_input"], seed
-    )
-    evaluation = evaluate_model(
-        transformed, datamodule.split_tensors(split), datamodule.recording, n_mc, seed,
-        history=int(module.hparams.get("history", 1)), rollout_steps=rollout_steps, dynamics=dynamics,
-        likelihood=str(module.hparams.get("likelihood", "gaussian")),
-    )
-    out_dir = run_dir / POSTHOC_DIR.format(kind=kind)
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / METRICS_FILE).write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
-    settings = {"method": POSTHOC_METHODS[kind], "kind": kind, "checkpoint": str(checkpoint_path), "split": split, "seed": seed}
-    (out_dir / "posthoc.json").write_text(json.dumps(settings, indent=2) + "\n")
-    log.info("post-hoc %s of %s: %s", kind, checkpoint_path, out_dir / METRICS_FILE)
-    if figures:
-        write_figures(out_dir, evaluation)
+    train_input = opened.datamodule.split_tensors("train")["encoder_input"]
+    transformed = posthoc_model(model, kind, posthoc_group_sizes(model, opened.datamodule), train_input, settings.seed)
+    evaluation = score(transformed, opened.datamodule, settings)
+    out = opened.run.posthoc(kind)
+    out.write_metrics(evaluation.metrics)
+    record = {
+        "method": POSTHOC_METHODS[kind],
+        "kind": kind,
+        "checkpoint": str(opened.checkpoint),
+        "split": settings.split,
+        "seed": settings.seed,
+    }
+    out.posthoc_settings_file.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("post-hoc %s of %s: %s", kind, opened.checkpoint, out.metrics_file)
+    if settings.figures:
+        write_figures(out, evaluation)
     return evaluation, transformed

@@ -13,16 +13,17 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
+from facrnn.runs.run_dir import RunDir
+
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-WANDB_ID_FILE = "wandb_id.txt"
 
-
-def resolve_checkpoint(
-    ckpt_path: str | None, resume: bool, run_dir: Path, last_checkpoint: Path = LAST_CHECKPOINT
-) -> str | None:
+def resolve_checkpoint(ckpt_path: str | None, resume: bool, run_dir: Path, last_checkpoint: Path | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` continues from, or None to start fresh.
+
+    ``ckpt_path`` and ``resume`` were checked by
+    :func:`facrnn.training.settings.check_resume_config` (not both; an explicit path exists)
+    before this runs.
 
     Parameters
     ----------
@@ -32,9 +33,9 @@ def resolve_checkpoint(
         The same as ``ckpt_path=last``.
     run_dir : Path
         This run's directory.
-    last_checkpoint : Path
-        Where ``last`` is, relative to ``run_dir`` (batched copies keep their training state
-        in ``checkpoints/copies/``).
+    last_checkpoint : Path, optional
+        Where ``last`` is (default ``run_dir/checkpoints/last.ckpt``; batched copies keep
+        their training state in ``checkpoints/copies/``).
 
     Returns
     -------
@@ -42,12 +43,10 @@ def resolve_checkpoint(
         ``last`` with no ``last.ckpt`` yet (the first attempt of a job that may be requeued)
         gives None: the run starts fresh.
     """
-    if resume and ckpt_path not in (None, "last"):
-        raise ValueError(f"resume=true with ckpt_path={ckpt_path}: expected one of them, not both")
     if ckpt_path is None and not resume:
         return None
     if ckpt_path in (None, "last"):
-        last = run_dir / last_checkpoint
+        last = last_checkpoint or RunDir(run_dir).checkpoint("last")
         if last.is_file():
             log.info("resuming from %s", last)
             return str(last)
@@ -56,14 +55,12 @@ def resolve_checkpoint(
         report = log.info if resume else log.warning
         report("no %s yet: starting a fresh run (continue an earlier run with hydra.run.dir=ITS_DIR)", last)
         return None
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: not a file; expected last or a .ckpt path")
     return str(ckpt_path)
 
 
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B run id of this run directory: read from ``wandb_id.txt``, created on first use."""
-    path = run_dir / WANDB_ID_FILE
+    path = RunDir(run_dir).wandb_id_file
     if path.is_file():
         return path.read_text().strip()
     run_id = secrets.token_hex(4)  # W&B run ids: 8 lowercase alphanumerics
@@ -81,10 +78,10 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     -------
     The checkpoint path for ``trainer.fit`` (None: start fresh).
     """
-    from facrnn.runs.export import COPIES_CHECKPOINT_DIR
     from facrnn.core.copies import configured_copies
 
-    last_checkpoint = COPIES_CHECKPOINT_DIR / "last.ckpt" if configured_copies(cfg.model) > 1 else LAST_CHECKPOINT
+    run = RunDir(run_dir)
+    last_checkpoint = run.copies_checkpoint("last") if configured_copies(cfg.model) > 1 else run.checkpoint("last")
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume", False)), run_dir, last_checkpoint)
     for entry in (cfg.get("logger") or {}).values():
         if entry and str(entry.get("_target_", "")).endswith("WandbLogger"):

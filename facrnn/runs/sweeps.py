@@ -25,9 +25,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from facrnn.runs.run_dir import RunDir
+
 log = logging.getLogger(__name__)
 
-FAILURE_FILE = "failure.yaml"
+# the sweep directory's summary (a job's own record is RunDir.FAILURE, failure.yaml)
 FAILURES_SUMMARY = "failures.yaml"
 
 
@@ -76,7 +78,7 @@ def run_job_isolated(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     Outside a multirun the error propagates unchanged.
     """
     job_dir = Path(cfg.paths.output_dir)
-    (job_dir / FAILURE_FILE).unlink(missing_ok=True)  # a requeued job that now succeeds
+    RunDir(job_dir).failure_file.unlink(missing_ok=True)  # a requeued job that now succeeds
     if not in_multirun():
         return task(cfg)
     try:
@@ -96,24 +98,22 @@ def record_failure(job_dir: Path, error: BaseException) -> dict[str, Any]:
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
     }
-    log.error(
-        "job %d (%s) failed: %s\n%s", record["job"], " ".join(record["overrides"]), record["error"], record["traceback"]
-    )
+    log.error("job %d (%s) failed: %s\n%s", record["job"], " ".join(record["overrides"]), record["error"], record["traceback"])
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
             wandb.finish(exit_code=1)
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / FAILURE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+    RunDir(job_dir).failure_file.write_text(yaml.safe_dump(record, sort_keys=False))
     return record
 
 
 def collect_failures(sweep_dir: Path) -> tuple[int, list[dict[str, Any]]]:
     """Number of job directories under ``sweep_dir`` and the failure records among them."""
-    patterns = ("*/.hydra", "*/config.yaml", f"*/{FAILURE_FILE}")
+    patterns = (f"*/{RunDir.HYDRA}", f"*/{RunDir.CONFIG}", f"*/{RunDir.FAILURE}")
     job_dirs = {path.parent for pattern in patterns for path in sweep_dir.glob(pattern)}
-    failures = [yaml.safe_load(path.read_text()) for path in sorted(sweep_dir.glob(f"*/{FAILURE_FILE}"))]
+    failures = [yaml.safe_load(path.read_text()) for path in sorted(sweep_dir.glob(f"*/{RunDir.FAILURE}"))]
     return len(job_dirs), sorted(failures, key=lambda record: record["job"])
 
 
@@ -131,9 +131,7 @@ class FailureSummary(Callback):
             "failed": [{key: record[key] for key in ("job", "overrides", "dir", "error")} for record in failures],
         }
         (sweep_dir / FAILURES_SUMMARY).write_text(yaml.safe_dump(summary, sort_keys=False))
-        listing = "; ".join(
-            f"job {record['job']} ({' '.join(record['overrides'])}): {record['error']}" for record in failures
-        )
+        listing = "; ".join(f"job {record['job']} ({' '.join(record['overrides'])}): {record['error']}" for record in failures)
         message = (
             f"{sweep_dir / FAILURES_SUMMARY}: {len(failures)} of {n_jobs} jobs failed: {listing}; "
             "expected every job to succeed"

@@ -199,9 +199,7 @@ class InterruptCheckpoint(pl.Callback):
             saved = None
         self.interruption = Interruption(signal_name, int(trainer.current_epoch), int(trainer.global_step), saved)
         if saved is not None:
-            log.warning(
-                "%s at epoch %d (step %d): saved %s", signal_name, trainer.current_epoch, trainer.global_step, saved
-            )
+            log.warning("%s at epoch %d (step %d): saved %s", signal_name, trainer.current_epoch, trainer.global_step, saved)
 
 
 class TrainingInterrupted(SystemExit):
@@ -226,10 +224,7 @@ def interruption_message(interruption: Interruption, run_dir: Path) -> str:
     where = f"{interruption.signal_name} at epoch {interruption.epoch} (step {interruption.step})"
     if interruption.checkpoint is None:
         return f"{where}: could not save a checkpoint; expected {run_dir / 'checkpoints'} to be writable"
-    return (
-        f"{where}: saved {interruption.checkpoint}; continue with: "
-        f"python train.py hydra.run.dir={run_dir} ckpt_path=last"
-    )
+    return f"{where}: saved {interruption.checkpoint}; continue with: python train.py hydra.run.dir={run_dir} ckpt_path=last"
 
 
 def raise_if_interrupted(callbacks: Iterable[Any], run_dir: Path) -> None:

@@ -56,7 +56,9 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError):
         log.debug("no glibc mallopt: allocator left as it is")
         return False
-    _allocator_tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _allocator_tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
     return _allocator_tuned
 
 

@@ -90,7 +90,9 @@ def test_the_import_graph_has_no_cycle() -> None:
             name = name.rpartition(".")[0]
         return name or None
 
-    edges = {module: {t for t in (resolve(name) for name in imports) if t and t != module} for module, imports in graph.items()}
+    edges = {
+        module: {t for t in (resolve(name) for name in imports) if t and t != module} for module, imports in graph.items()
+    }
     # package __init__ modules are only imported on the way to their submodules; leave them out
     edges = {m: {t for t in ts if t not in ("facrnn",) and not (m.startswith(t + "."))} for m, ts in edges.items()}
     state: dict[str, int] = {}
@@ -101,7 +103,7 @@ def test_the_import_graph_has_no_cycle() -> None:
         stack.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if state.get(target) is None:
                 visit(target)

@@ -27,8 +27,14 @@ def fake_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for method in METHODS:
         for seed in SEEDS:
             overrides = [
-                *TINY_DATA, "logger=csv", "threads=1", "experiment=synthetic_benchmark", "debug=short",
-                f"model={method}", f"seed={seed}", "evaluate=false",
+                *TINY_DATA,
+                "logger=csv",
+                "threads=1",
+                "experiment=synthetic_benchmark",
+                "debug=short",
+                f"model={method}",
+                f"seed={seed}",
+                "evaluate=false",
             ]
             train(compose_config("train", overrides, root, run_name=f"sweep/{method}_seed{seed}"))
     return root / "sweep"
@@ -58,7 +64,8 @@ def test_compare_produces_every_output(fake_sweep: Path, tmp_path: Path, capsys:
         for variant in ("lrrnn_ica", "lint"):
             for metric in ("connectivity_rmse", "recon_r2"):
                 assert float(by_key[variant, str(seed)][metric]) == pytest.approx(
-                    float(by_key["lrrnn", str(seed)][metric]), rel=1e-4, abs=1e-6)
+                    float(by_key["lrrnn", str(seed)][metric]), rel=1e-4, abs=1e-6
+                )
     # Permutation analysis: 10 splits of 2 x 3 per run, cached next to the metrics.
     permutation = json.loads((fake_sweep / "lrrnn_seed0" / "posthoc_svd" / "permutation.json").read_text())
     assert len(permutation["scores"]) == 10
@@ -113,13 +120,18 @@ def test_paired_tests_match_scipy_paired_by_seed() -> None:
     assert result["n"] == 5
     assert result["t"] == pytest.approx(expected.statistic, rel=1e-12)
     assert result["p"] == pytest.approx(expected.pvalue, rel=1e-12)
-    assert (result["t"], result["p"]) == (pytest.approx(6.5948, rel=1e-4), pytest.approx(0.0027387, rel=1e-4))  # by hand: mean 0.158, SE 0.02396
+    assert (result["t"], result["p"]) == (
+        pytest.approx(6.5948, rel=1e-4),
+        pytest.approx(0.0027387, rel=1e-4),
+    )  # by hand: mean 0.158, SE 0.02396
     assert result["mean_diff"] == pytest.approx(np.mean([0.21, 0.11, 0.22, 0.14, 0.11]))
 
 
 def test_paired_tests_need_two_pairs() -> None:
-    rows = [{"method": "facrnn", "seed": 0, "dataset": "d", "run_dir": "", "r2": 1.0},
-            {"method": "lrrnn", "seed": 0, "dataset": "d", "run_dir": "", "r2": 0.5}]
+    rows = [
+        {"method": "facrnn", "seed": 0, "dataset": "d", "run_dir": "", "r2": 1.0},
+        {"method": "lrrnn", "seed": 0, "dataset": "d", "run_dir": "", "r2": 0.5},
+    ]
     [result] = compare.paired_tests(rows, "facrnn", ["lrrnn"], ["r2"])
     assert result["n"] == 1 and math.isnan(result["p"])
 
@@ -157,8 +169,10 @@ def test_sweep_command_of_replica_runs_is_their_parent_jobs(tmp_path: Path) -> N
     for method in ("facrnn", "lrrnn"):
         job = tmp_path / "sweep" / f"{method}_seed0"
         (job / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create([f"model={method}", "seed=0", "experiment=synthetic_benchmark", "model.replicas=2"]),
-                       job / ".hydra" / "overrides.yaml")
+        OmegaConf.save(
+            OmegaConf.create([f"model={method}", "seed=0", "experiment=synthetic_benchmark", "model.replicas=2"]),
+            job / ".hydra" / "overrides.yaml",
+        )
         OmegaConf.save(OmegaConf.create({"seed": 0}), job / "config.yaml")
         for replica in range(2):
             run_dir = job / f"replica_{replica:02d}_seed{replica}"

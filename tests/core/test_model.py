@@ -94,7 +94,7 @@ def test_posterior_width_scotts_rule(n_samples: int, latent_dim: int) -> None:
 
 def test_posterior_width_known_value_and_error() -> None:
     assert posterior_width(10**6, 2) == pytest.approx(0.1, rel=1e-12)  # 10^6^(-1/6)
-    with pytest.raises(ValueError, match="model.n_samples"):
+    with pytest.raises(ValueError, match=r"^posterior_width: n_samples=0, expected at least 1$"):
         posterior_width(0, 4)
 
 
@@ -172,8 +172,17 @@ def test_decode_adds_external_input(link: str) -> None:
 
 
 def test_bad_link_raises() -> None:
-    with pytest.raises(ValueError, match="model.link"):
+    # a checkpoint of a link this version lacks (the config schema rejects it before any model)
+    with pytest.raises(ValueError, match=r"model.link='sigmoid': expected one of \('identity', 'relu', 'softplus'\)"):
         LowRankRNN(5, [2, 2], 100, link="sigmoid")  # (softplus is a valid link: Poisson rates)
+
+
+def test_model_holds_its_observation_model_and_history() -> None:
+    model = LowRankRNN(5, [2, 2], 100)
+    assert (model.observation.name, model.link, model.history) == ("gaussian", "identity", 1)
+    model = LowRankRNN(5, [2, 2], 100, link="softplus", likelihood="poisson", history=3)
+    assert (model.observation.name, model.link, model.history) == ("poisson", "softplus", 3)
+    assert set(model.state_dict()) == set(LowRankRNN(5, [2, 2], 100).state_dict())  # no new weights
 
 
 # -------------------------------------------------------------------------------- grouping

@@ -48,15 +48,11 @@ def ref_minibatch(samples: np.ndarray, means: np.ndarray, width: float, group_si
     total = 0.0
     for i in range(n):
         log_w = np.array([0.0 if j == i else math.log((n_total - 1) / (n - 1)) for j in range(n)])
-        joint = np.array(
-            [norm.logpdf(samples[i], loc=means[j], scale=width).sum() for j in range(n)]
-        )
+        joint = np.array([norm.logpdf(samples[i], loc=means[j], scale=width).sum() for j in range(n)])
         log_q = logsumexp(joint + log_w) - math.log(n_total)
         sum_log_q_groups = 0.0
         for part in slices:
-            marginal = np.array(
-                [norm.logpdf(samples[i, part], loc=means[j, part], scale=width).sum() for j in range(n)]
-            )
+            marginal = np.array([norm.logpdf(samples[i, part], loc=means[j, part], scale=width).sum() for j in range(n)])
             sum_log_q_groups += logsumexp(marginal + log_w) - math.log(n_total)
         total += log_q - sum_log_q_groups
     return total / n

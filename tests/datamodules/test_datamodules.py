@@ -98,7 +98,9 @@ def test_from_file_reads_every_key(tmp_path: Path, suffix: str, trials: bool) ->
     np.testing.assert_allclose(recording.latents.reshape(-1, 4), arrays["z"].reshape(-1, 4))
     np.testing.assert_allclose(recording.connectivity, arrays["A"] @ arrays["B"])
     assert recording.group_sizes == [1, 3]
-    datamodule = FromFileDataModule(path=str(path), batch_size=16, split="trials" if trials else "even_odd", val_fraction=0.2, test_fraction=0.2)
+    datamodule = FromFileDataModule(
+        path=str(path), batch_size=16, split="trials" if trials else "even_odd", val_fraction=0.2, test_fraction=0.2
+    )
     datamodule.setup()
     assert "external_input" in datamodule.split_tensors("train")
     assert "latents" in datamodule.split_tensors("test")

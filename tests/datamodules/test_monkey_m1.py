@@ -205,7 +205,14 @@ def write_mc_maze_nwb(path: Path, seed: int = 0) -> dict:
     behavior.add(TimeSeries(name="hand_pos", data=np.cumsum(velocity, 0) / 1000, timestamps=stamps, unit="m", conversion=1e-3))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
-    return {"spike_times": spike_times, "heldout": heldout, "onsets": onsets, "splits": splits, "stamps": stamps, "velocity": velocity}
+    return {
+        "spike_times": spike_times,
+        "heldout": heldout,
+        "onsets": onsets,
+        "splits": splits,
+        "stamps": stamps,
+        "velocity": velocity,
+    }
 
 
 def expected_counts(spike_times, onsets, start_s, bin_s, n_bins) -> np.ndarray:
@@ -222,7 +229,11 @@ def test_nwb_spikes_binned_and_aligned_on_movement_onset(tmp_path: Path) -> None
     path = tmp_path / "sub-Jenkins_ses-test_desc-train_behavior+ecephys.nwb"
     truth = write_mc_maze_nwb(path)
     data = load_nwb(path, bin_size_ms=20, align_event="move_onset_time", window_ms=(-100, 200))
-    kept = [i for i, (onset, split) in enumerate(zip(truth["onsets"], truth["splits"])) if np.isfinite(onset) and split in ("train", "val")]
+    kept = [
+        i
+        for i, (onset, split) in enumerate(zip(truth["onsets"], truth["splits"]))
+        if np.isfinite(onset) and split in ("train", "val")
+    ]
     assert len(kept) == 7  # the test split and the NaN onset left out
     onsets = truth["onsets"][kept]
     np.testing.assert_array_equal(data.neural, expected_counts(truth["spike_times"], onsets, -0.1, 0.02, 15))
@@ -237,7 +248,9 @@ def test_nwb_spikes_binned_and_aligned_on_movement_onset(tmp_path: Path) -> None
 
     lagged = load_nwb(path, window_ms=(-100, 200), behaviour_lag_ms=100, include_heldout=False, trial_splits=None)
     assert lagged.neural.shape == (8, 15, 4)  # every trial with an onset, held-in units only
-    np.testing.assert_array_equal(lagged.neural[0], expected_counts(truth["spike_times"][:4], truth["onsets"][:1], -0.1, 0.02, 15)[0])
+    np.testing.assert_array_equal(
+        lagged.neural[0], expected_counts(truth["spike_times"][:4], truth["onsets"][:1], -0.1, 0.02, 15)[0]
+    )
     np.testing.assert_allclose(lagged.velocity[0, :10], data.velocity[0, 5:15], atol=1e-9)  # 100 ms = 5 bins later
 
 
@@ -253,7 +266,13 @@ def test_nwb_through_the_datamodule_and_errors(tmp_path: Path) -> None:
         load_nwb(path, bin_size_ms=40, window_ms=(-100, 200))
     with pytest.raises(ValueError, match="align_event='go_cue_time' is not a trials column"):
         load_nwb(path, align_event="go_cue_time")
-    with pytest.raises(ValueError, match=r"no behaviour time series 'finger_vel'; found \['processing/behavior/hand_pos', 'processing/behavior/hand_vel'\]"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"no behaviour time series 'finger_vel'; "
+            r"found \['processing/behavior/hand_pos', 'processing/behavior/hand_vel'\]"
+        ),
+    ):
         load_nwb(path, behaviour_key="finger_vel")
     with pytest.raises(FileNotFoundError, match="missing.nwb"):
         load_m1_recording(tmp_path / "missing.nwb")

@@ -24,8 +24,8 @@ from datamodules.mouse_voltage import (
     to_recording,
 )
 from datamodules.voltage_simulator import cortex_mask, simulate_voltage_imaging, traces_to_movie
-from facrnn.plots import imaging as plots_imaging
 from facrnn.core.model import LowRankRNN
+from facrnn.plots import imaging as plots_imaging
 
 SMALL = {"n_frames": 600, "height": 20, "width": 18}
 GIF_MAGIC = b"GIF89a"
@@ -408,7 +408,9 @@ def test_figure_functions_check_their_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="channel_map refers to channels up to"):
         plots_imaging.plot_loading_maps(np.zeros((n - 1, 2)), [1, 1], channel_map, tmp_path / "a.png")
     with pytest.raises(ValueError, match="expected a .gif or .mp4"):
-        plots_imaging.write_reconstruction_movie(np.zeros((2, n)), np.zeros((1, 2, n)), channel_map, [0, 1], tmp_path / "m.avi")
+        plots_imaging.write_reconstruction_movie(
+            np.zeros((2, n)), np.zeros((1, 2, n)), channel_map, [0, 1], tmp_path / "m.avi"
+        )
 
 
 # ---------------------------------------------------------------------------- pipeline

@@ -20,7 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
-from datamodules.convert import RestrictedUnpickler, convert, main as convert_main
+from datamodules.convert import RestrictedUnpickler, convert
+from datamodules.convert import main as convert_main
 from datamodules.from_file import FromFileDataModule, load_file_recording
 from datamodules.loading import read_arrays
 from datamodules.monkey_m1 import MonkeyM1DataModule, load_m1_recording, load_nwb
@@ -94,7 +95,9 @@ def write_nwb(path: Path, units: bool = True, behaviour: bool = True) -> Path:
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 
     rng = np.random.default_rng(0)
-    nwb = NWBFile(session_description="test", identifier="robustness", session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    nwb = NWBFile(
+        session_description="test", identifier="robustness", session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc)
+    )
     if units:
         for _ in range(3):
             nwb.add_unit(spike_times=np.sort(rng.uniform(0, 10, size=200)))
@@ -209,12 +212,16 @@ def test_nwb_without_units_or_behaviour(tmp_path: Path) -> None:
     no_units = write_nwb(tmp_path / "no_units.nwb", units=False)
     with pytest.raises(DataError) as caught:
         load_nwb(no_units, window_ms=(0, 200))
-    assert_message(caught.value, no_units, "no 'units' table", ends="expected sorted units with their spike times (NWB ecephys)")
+    assert_message(
+        caught.value, no_units, "no 'units' table", ends="expected sorted units with their spike times (NWB ecephys)"
+    )
     no_behaviour = write_nwb(tmp_path / "no_behaviour.nwb", behaviour=False)
     with pytest.raises(DataError) as caught:
         load_nwb(no_behaviour, window_ms=(0, 200))
     assert_message(
-        caught.value, no_behaviour, "no behaviour time series 'hand_vel'; found []",
+        caught.value,
+        no_behaviour,
+        "no behaviour time series 'hand_vel'; found []",
         ends="expected one named by datamodule.behaviour_key (null: no behaviour)",
     )
     data = load_nwb(no_behaviour, window_ms=(0, 200), behaviour_key=None)  # behaviour is optional when asked
@@ -236,13 +243,25 @@ def test_hdf5_group_instead_of_dataset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("loader", "arrays", "parts", "ends"),
     [
-        (from_file, {"y": np.zeros((10, 3))}, ["required key 'x' missing; found keys ['y']"], "expected 'x' and optionally ['z', 'A', 'B', 'inputs', 'group_sizes']"),
-        (monkey, {"neural": np.ones((4, 5, 3))}, ["'neural' without 'vel'; found keys ['neural']"], "expected hand velocity 'vel' (trials, bins, 2) too"),
+        (
+            from_file,
+            {"y": np.zeros((10, 3))},
+            ["required key 'x' missing; found keys ['y']"],
+            "expected 'x' and optionally ['z', 'A', 'B', 'inputs', 'group_sizes']",
+        ),
+        (
+            monkey,
+            {"neural": np.ones((4, 5, 3))},
+            ["'neural' without 'vel'; found keys ['neural']"],
+            "expected hand velocity 'vel' (trials, bins, 2) too",
+        ),
         (monkey, {"spikes": np.ones((4, 5, 3))}, ["found keys ['spikes']"], "'train_spikes_heldout', 'train_behavior')"),
     ],
     ids=["from_file-x", "monkey-vel", "monkey-any"],
 )
-def test_required_key_missing_lists_found_and_expected(tmp_path: Path, loader: Callable, arrays: dict, parts: list[str], ends: str) -> None:
+def test_required_key_missing_lists_found_and_expected(
+    tmp_path: Path, loader: Callable, arrays: dict, parts: list[str], ends: str
+) -> None:
     path = write_arrays(tmp_path / "keys.npz", arrays)
     with pytest.raises(DataError) as caught:
         loader(path)
@@ -252,9 +271,24 @@ def test_required_key_missing_lists_found_and_expected(tmp_path: Path, loader: C
 @pytest.mark.parametrize(
     ("loader", "arrays", "parts", "ends"),
     [
-        (from_file, {"x": np.zeros(10)}, ["'x' has 1 dimensions, shape (10,)"], "expected (time, neurons) or (trials, time, neurons)"),
-        (from_file, {"x": np.zeros((2, 3, 4, 5))}, ["'x' has 4 dimensions"], "expected (time, neurons) or (trials, time, neurons)"),
-        (monkey, {"neural": np.ones((5, 3)), "vel": np.ones((5, 3, 2))}, ["'neural' has 2 dimensions, shape (5, 3)"], "expected (trials, bins, channels)"),
+        (
+            from_file,
+            {"x": np.zeros(10)},
+            ["'x' has 1 dimensions, shape (10,)"],
+            "expected (time, neurons) or (trials, time, neurons)",
+        ),
+        (
+            from_file,
+            {"x": np.zeros((2, 3, 4, 5))},
+            ["'x' has 4 dimensions"],
+            "expected (time, neurons) or (trials, time, neurons)",
+        ),
+        (
+            monkey,
+            {"neural": np.ones((5, 3)), "vel": np.ones((5, 3, 2))},
+            ["'neural' has 2 dimensions, shape (5, 3)"],
+            "expected (trials, bins, channels)",
+        ),
     ],
     ids=["x-1d", "x-4d", "neural-2d"],
 )
@@ -281,10 +315,26 @@ def test_time_and_channel_axes_apparently_swapped_warns(tmp_path: Path, caplog: 
 @pytest.mark.parametrize(
     ("name", "arrays", "parts"),
     [
-        ("x-z", {"x": np.ones((10, 3)), "z": np.ones((9, 2))}, ["'latents' has shape (9, 2) (file key 'z') but 'x' has shape (10, 3)"]),
-        ("x-inputs", {"x": np.ones((10, 3)), "inputs": np.ones((10, 4))}, ["'inputs' has shape (1, 10, 4) but 'x' has shape (1, 10, 3)"]),
-        ("x-z-trials", {"x": np.ones((4, 10, 3)), "z": np.ones((5, 10, 2))}, ["'latents' has shape (5, 10, 2) (file key 'z') but 'x' has shape (4, 10, 3)"]),
-        ("neural-vel", {"neural": np.ones((4, 10, 3)), "vel": np.ones((4, 9, 2))}, ["velocity has shape (4, 9, 2) but the neural data have shape (4, 10, 3)"]),
+        (
+            "x-z",
+            {"x": np.ones((10, 3)), "z": np.ones((9, 2))},
+            ["'latents' has shape (9, 2) (file key 'z') but 'x' has shape (10, 3)"],
+        ),
+        (
+            "x-inputs",
+            {"x": np.ones((10, 3)), "inputs": np.ones((10, 4))},
+            ["'inputs' has shape (1, 10, 4) but 'x' has shape (1, 10, 3)"],
+        ),
+        (
+            "x-z-trials",
+            {"x": np.ones((4, 10, 3)), "z": np.ones((5, 10, 2))},
+            ["'latents' has shape (5, 10, 2) (file key 'z') but 'x' has shape (4, 10, 3)"],
+        ),
+        (
+            "neural-vel",
+            {"neural": np.ones((4, 10, 3)), "vel": np.ones((4, 9, 2))},
+            ["velocity has shape (4, 9, 2) but the neural data have shape (4, 10, 3)"],
+        ),
     ],
 )
 def test_shapes_that_disagree_name_both_arrays(tmp_path: Path, name: str, arrays: dict, parts: list[str]) -> None:
@@ -398,15 +448,30 @@ def test_zero_variance_channels_dropped_or_all_refused(tmp_path: Path, caplog: p
     flat = write_arrays(tmp_path / "all_flat.npz", {"x": np.ones((20, 3))})
     with pytest.raises(DataError) as caught:
         from_file(flat)
-    assert_message(caught.value, flat, "all 3 channels of 'x' have zero variance", ends="expected at least one channel whose activity varies")
+    assert_message(
+        caught.value,
+        flat,
+        "all 3 channels of 'x' have zero variance",
+        ends="expected at least one channel whose activity varies",
+    )
 
 
 @pytest.mark.parametrize(
     ("suffix", "value", "parts", "ends"),
     [
-        (".npz", np.array([["a", "b"]] * 10), ["'x' has dtype <U1 (not numbers)"], "expected real numbers (float, int or bool)"),
+        (
+            ".npz",
+            np.array([["a", "b"]] * 10),
+            ["'x' has dtype <U1 (not numbers)"],
+            "expected real numbers (float, int or bool)",
+        ),
         (".h5", np.ones((10, 2), dtype=np.complex64), ["'x' has complex dtype complex64"], "expected real numbers"),
-        (".h5", np.array([[b"ab", b"cd"]] * 10), ["'x' has dtype |S2 (not numbers)"], "expected real numbers (float, int or bool)"),
+        (
+            ".h5",
+            np.array([[b"ab", b"cd"]] * 10),
+            ["'x' has dtype |S2 (not numbers)"],
+            "expected real numbers (float, int or bool)",
+        ),
     ],
     ids=["npz-str", "h5-complex", "h5-bytes"],
 )
@@ -428,7 +493,11 @@ def test_bool_and_integer_data_are_numbers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("x", "parts", "ends"),
     [
-        (np.zeros((0, 5)), ["'x' is empty (shape (0, 5))"], "expected at least one value along every axis of (time, neurons) or (trials, time, neurons)"),
+        (
+            np.zeros((0, 5)),
+            ["'x' is empty (shape (0, 5))"],
+            "expected at least one value along every axis of (time, neurons) or (trials, time, neurons)",
+        ),
         (np.zeros((3, 0, 4)), ["'x' is empty (shape (3, 0, 4))"], "(trials, time, neurons)"),
         (np.ones((3, 1, 4)), ["trials have 1 time bin(s)"], "expected at least 2 (the encoder reads each bin's previous bin)"),
         (np.ones((1, 4)), ["trials have 1 time bin(s)"], "expected at least 2 (the encoder reads each bin's previous bin)"),
@@ -447,7 +516,9 @@ def test_training_split_smaller_than_the_batch(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         from_file(path, batch_size=21)
     assert_message(
-        caught.value, "datamodule.batch_size=21", f"the training split of {path} has only 20 samples (n_train=20)",
+        caught.value,
+        "datamodule.batch_size=21",
+        f"the training split of {path} has only 20 samples (n_train=20)",
         ends="expected datamodule.batch_size <= 20, at least one full batch per epoch",
     )
     datamodule = from_file(path, batch_size=20)  # exactly one batch is fine
@@ -503,7 +574,9 @@ def test_pickle_paths_are_refused_with_a_pointer_to_the_converter(tmp_path: Path
     with pytest.raises(DataError) as caught:
         from_file(path)
     assert_message(
-        caught.value, path, "pickle files are never loaded (they can run code)",
+        caught.value,
+        path,
+        "pickle files are never loaded (they can run code)",
         ends=f"e.g. from `python -m datamodules.convert {path} {path.with_suffix('.h5')}`",
     )
     with pytest.raises(DataError, match="python -m datamodules.convert"):
@@ -543,8 +616,15 @@ def test_converter_refuses_code_execution_without_running_it(tmp_path: Path, pay
     source.write_bytes(pickle.dumps({"x": np.ones(3), "payload": payload(sentinel)}))
     with pytest.raises(DataError) as caught:
         convert(source, tmp_path / "evil.h5")
-    function = {SystemPayload: "posix.system", EvalPayload: "builtins.eval", ExecPayload: "builtins.exec", SubprocessPayload: "subprocess.call"}[payload]
-    assert_message(caught.value, source, f"refused to load global {function}", ends="expected only numpy arrays and plain containers")
+    function = {
+        SystemPayload: "posix.system",
+        EvalPayload: "builtins.eval",
+        ExecPayload: "builtins.exec",
+        SubprocessPayload: "subprocess.call",
+    }[payload]
+    assert_message(
+        caught.value, source, f"refused to load global {function}", ends="expected only numpy arrays and plain containers"
+    )
     assert not sentinel.exists()
     assert not (tmp_path / "evil.h5").exists()
 
@@ -553,7 +633,11 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path: Path) -> None:
     import collections
     import io
 
-    for value, name in [(collections.Counter("ab"), "collections.Counter"), (getattr, "builtins.getattr"), (Path("x"), "pathlib")]:
+    for value, name in [
+        (collections.Counter("ab"), "collections.Counter"),
+        (getattr, "builtins.getattr"),
+        (Path("x"), "pathlib"),
+    ]:
         with pytest.raises(DataError, match=f"refused to load global {name}"):
             RestrictedUnpickler(io.BytesIO(pickle.dumps(value)), "payload.pkl").load()
 
@@ -575,7 +659,10 @@ def test_converter_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -
     evil.write_bytes(pickle.dumps({"x": SystemPayload(sentinel)}))
     result = subprocess.run(
         [sys.executable, "-m", "datamodules.convert", str(evil), str(tmp_path / "evil.h5")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert f"{evil}: refused to load global posix.system" in result.stderr and "Traceback" not in result.stderr
@@ -605,7 +692,11 @@ def _mutate_arrays(arrays: dict[str, np.ndarray], rng: np.random.Generator, suff
         elif kind == "odd_dtype":
             dtype = ODD_DTYPES[int(rng.integers(len(ODD_DTYPES)))]
             if dtype is object and suffix == ".h5":
-                arrays[key] = np.array([str(item) for item in value.ravel()], dtype=h5py.string_dtype()).reshape(value.shape) if value.size else value
+                arrays[key] = (
+                    np.array([str(item) for item in value.ravel()], dtype=h5py.string_dtype()).reshape(value.shape)
+                    if value.size
+                    else value
+                )
             else:
                 arrays[key] = value.astype(dtype)
         elif kind in ("nan", "inf") and value.size and value.dtype.kind == "f":
@@ -615,10 +706,19 @@ def _mutate_arrays(arrays: dict[str, np.ndarray], rng: np.random.Generator, suff
             arrays[key] = value
         elif kind == "ndim":
             choice = int(rng.integers(4))
-            arrays[key] = [value.reshape(-1), value[None], value.reshape(()) if value.size == 1 else value.ravel()[:1].reshape(()), value[..., None]][choice]
+            arrays[key] = [
+                value.reshape(-1),
+                value[None],
+                value.reshape(()) if value.size == 1 else value.ravel()[:1].reshape(()),
+                value[..., None],
+            ][choice]
         elif kind == "shape" and value.ndim:
             axis = int(rng.integers(value.ndim))
-            arrays[key] = np.take(value, np.arange(int(rng.integers(0, value.shape[axis] + 2)) % max(value.shape[axis], 1)), axis=axis) if value.shape[axis] else value
+            arrays[key] = (
+                np.take(value, np.arange(int(rng.integers(0, value.shape[axis] + 2)) % max(value.shape[axis], 1)), axis=axis)
+                if value.shape[axis]
+                else value
+            )
         elif kind == "rename":
             arrays[key + "_renamed" if rng.random() < 0.5 else key.upper()] = arrays.pop(key)
         elif kind == "drop":
@@ -689,8 +789,13 @@ def test_fuzz_corrupted_inputs_load_or_raise_a_data_error(tmp_path: Path) -> Non
             continue
         recording = datamodule.recording
         train = datamodule.split_tensors("train")
-        if not (recording.x.ndim == 3 and recording.x.shape[1] >= 2 and np.isfinite(recording.x).all()
-                and np.isfinite(train["encoder_input"].numpy()).all() and datamodule.n_train >= 2):
+        if not (
+            recording.x.ndim == 3
+            and recording.x.shape[1] >= 2
+            and np.isfinite(recording.x).all()
+            and np.isfinite(train["encoder_input"].numpy()).all()
+            and datamodule.n_train >= 2
+        ):
             escaped.append(f"{variant}: loaded but not sane: x {recording.x.shape}")
         outcomes["loaded"] += 1
     assert not escaped, "\n".join(escaped)

@@ -20,8 +20,8 @@ from facrnn.evaluation.behaviour import (
     rotation_sweep,
     write_rotation_sweep_csv,
 )
-from facrnn.plots.run import loading_order, plot_sorted_connectivity
 from facrnn.plots.behaviour import plot_reach_trajectories, plot_rotation_sweep, write_behaviour_figures
+from facrnn.plots.fit import loading_order, plot_sorted_connectivity
 
 N_TRIALS, N_BINS = 24, 12
 
@@ -35,7 +35,12 @@ def reaching(seed: int = 0, shuffle: bool = True) -> dict[str, np.ndarray]:
     trial = np.repeat(np.arange(N_TRIALS), N_BINS)
     time = np.tile(np.arange(N_BINS), N_TRIALS)
     order = rng.permutation(len(trial)) if shuffle else np.arange(len(trial))
-    return {"velocity": velocity.reshape(-1, 2)[order], "trial": trial[order], "time": time[order], "noise": rng.normal(size=(len(trial), 4))}
+    return {
+        "velocity": velocity.reshape(-1, 2)[order],
+        "trial": trial[order],
+        "time": time[order],
+        "noise": rng.normal(size=(len(trial), 4)),
+    }
 
 
 def test_integration_within_trials_matches_a_loop() -> None:
@@ -57,7 +62,13 @@ def test_rotate() -> None:
 
 @pytest.mark.parametrize(
     ("model_sizes", "expected"),
-    [([1, 1], ([1, 1], [1, 1])), ([2], ([1, 1], [1, 1])), ([2, 2], ([1, 1], [2, 2])), ([1, 1, 1, 1], ([1, 1], [1, 1, 1, 1])), ([4], ([2], [4]))],
+    [
+        ([1, 1], ([1, 1], [1, 1])),
+        ([2], ([1, 1], [1, 1])),
+        ([2, 2], ([1, 1], [2, 2])),
+        ([1, 1, 1, 1], ([1, 1], [1, 1, 1, 1])),
+        ([4], ([2], [4])),
+    ],
 )
 def test_behaviour_grouping(model_sizes: list[int], expected: tuple[list[int], list[int]]) -> None:
     assert behaviour_grouping(model_sizes, 2) == expected
@@ -69,9 +80,21 @@ def test_latent_r2_matches_sklearn_least_squares() -> None:
     position = integrate_within_trials(data["velocity"], data["trial"], data["time"])
     integrated = integrate_within_trials(latents, data["trial"], data["time"])
     # two groups of one: every (axis, latent) pair regressed, best one-to-one matching
-    pair = np.array([[r2_score(position[:, i], LinearRegression().fit(integrated[:, [j]], position[:, i]).predict(integrated[:, [j]])) for j in range(2)] for i in range(2)])
+    pair = np.array(
+        [
+            [
+                r2_score(
+                    position[:, i], LinearRegression().fit(integrated[:, [j]], position[:, i]).predict(integrated[:, [j]])
+                )
+                for j in range(2)
+            ]
+            for i in range(2)
+        ]
+    )
     expected = max(pair[0, 0] + pair[1, 1], pair[0, 1] + pair[1, 0]) / 2
-    assert latent_r2(latents, data["velocity"], data["trial"], data["time"], [1, 1]).score == pytest.approx(expected, abs=1e-10)
+    assert latent_r2(latents, data["velocity"], data["trial"], data["time"], [1, 1]).score == pytest.approx(
+        expected, abs=1e-10
+    )
     # one group of 4 against the whole position
     wide = np.concatenate([latents, data["noise"][:, 2:]], axis=1)
     integrated = integrate_within_trials(wide, data["trial"], data["time"])
@@ -92,7 +115,9 @@ def test_latent_r2_invariances() -> None:
     assert latent_r2(latents[:, [2, 3, 0, 1]], *args, [2, 2]).score == pytest.approx(base, abs=1e-10)  # groups swapped
     assert latent_r2(latents, args[0] * 5.0, *args[1:], [2, 2]).score == pytest.approx(base, abs=1e-10)  # units of velocity
     order = np.random.default_rng(1).permutation(len(latents))  # row order
-    assert latent_r2(latents[order], args[0][order], args[1][order], args[2][order], [2, 2]).score == pytest.approx(base, abs=1e-10)
+    assert latent_r2(latents[order], args[0][order], args[1][order], args[2][order], [2, 2]).score == pytest.approx(
+        base, abs=1e-10
+    )
 
 
 def test_rotation_sweep_finds_the_axes_of_the_latent_groups() -> None:
@@ -133,7 +158,9 @@ def test_evaluate_behaviour_and_csv(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["reach_trajectories.png", "rotation_sweep.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
     # three behavioural dimensions: latent R² only, no sweep or 2-D figures
-    three = evaluate_behaviour(latents, np.concatenate([data["velocity"], data["noise"][:, :1]], 1), data["trial"], data["time"], [1, 1])
+    three = evaluate_behaviour(
+        latents, np.concatenate([data["velocity"], data["noise"][:, :1]], 1), data["trial"], data["time"], [1, 1]
+    )
     assert set(three.metrics) == {"latent_r2"} and three.sweep is None
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from datamodules.grouped_teacher import generate_grouped_teacher
+from facrnn.core.model import LowRankRNN, encoder_input
 from facrnn.evaluation.dynamics import (
     dynamics_metrics,
     find_fixed_points,
@@ -20,7 +21,6 @@ from facrnn.evaluation.dynamics import (
     power_spectrum_correlation,
     rollout,
 )
-from facrnn.core.model import LowRankRNN, encoder_input
 
 
 def random_model(n_neurons: int = 7, group_sizes: tuple[int, ...] = (2, 3), seed: int = 0) -> LowRankRNN:
@@ -248,9 +248,7 @@ def test_fixed_point_eigenvalues_per_group_at_the_origin() -> None:
     overlap = model.overlap().detach().numpy()
     np.testing.assert_allclose(np.sort_complex(points[0].eigenvalues), np.sort_complex(np.linalg.eigvals(overlap)), atol=1e-8)
     for part, values in zip((slice(0, 2), slice(2, 4)), points[0].group_eigenvalues):
-        np.testing.assert_allclose(
-            np.sort_complex(values), np.sort_complex(np.linalg.eigvals(overlap[part, part])), atol=1e-8
-        )
+        np.testing.assert_allclose(np.sort_complex(values), np.sort_complex(np.linalg.eigvals(overlap[part, part])), atol=1e-8)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -260,13 +258,20 @@ def test_evaluate_run_reports_rollout_metrics_and_fixed_points(tiny_train_cfg) -
     import json
     from pathlib import Path
 
+    from facrnn.evaluation.settings import EvalSettings
     from facrnn.runs.pipeline import evaluate_run, train
 
     run_dir = Path(train(tiny_train_cfg("trainer.max_epochs=2", "evaluate=false"))["run_dir"])
-    evaluation = evaluate_run(run_dir, n_mc=1, rollout_steps=5)
+    evaluation = evaluate_run(run_dir, EvalSettings(n_mc=1, rollout_steps=5))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("rollout_r2_auc", "rollout_r2_k5", "generation_state_kl", "generation_psd_corr",
-                "group_coupling", "n_fixed_points"):
+    for key in (
+        "rollout_r2_auc",
+        "rollout_r2_k5",
+        "generation_state_kl",
+        "generation_psd_corr",
+        "group_coupling",
+        "n_fixed_points",
+    ):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert "rollout_r2_k6" not in metrics
     assert metrics["rollout_r2_auc"] == pytest.approx(np.mean([metrics[f"rollout_r2_k{k}"] for k in range(1, 6)]))
@@ -274,5 +279,5 @@ def test_evaluate_run_reports_rollout_metrics_and_fixed_points(tiny_train_cfg) -
     assert len(stored) == metrics["n_fixed_points"] == len(evaluation.dynamics.fixed_points)
     for figure in ("rollout_r2.png", "attractors.png", "coupling.png"):
         assert (run_dir / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
-    evaluate_run(run_dir, n_mc=1, dynamics=False, figures=False)
+    evaluate_run(run_dir, EvalSettings(n_mc=1, dynamics=False, figures=False))
     assert "rollout_r2_auc" not in json.loads((run_dir / "metrics.json").read_text())

@@ -35,9 +35,7 @@ def random_invertible(rng: np.random.Generator, dim: int) -> np.ndarray:
     return rng.standard_normal((dim, dim)) + 2.0 * np.eye(dim)
 
 
-def blockwise_affine(
-    rng: np.random.Generator, latents: np.ndarray, group_sizes: list[int]
-) -> np.ndarray:
+def blockwise_affine(rng: np.random.Generator, latents: np.ndarray, group_sizes: list[int]) -> np.ndarray:
     """Apply an independent invertible affine map inside every group."""
     out = np.empty_like(latents)
     for part in group_slices(group_sizes):
@@ -82,9 +80,7 @@ def test_r2_score_accepts_torch_and_rejects_bad_shapes() -> None:
     rng = np.random.default_rng(1)
     y = rng.standard_normal((30, 3))
     pred = y + 0.5 * rng.standard_normal((30, 3))
-    assert r2_score(torch.from_numpy(y).float(), torch.from_numpy(pred).float()) == pytest.approx(
-        r2_score(y, pred), abs=1e-5
-    )
+    assert r2_score(torch.from_numpy(y).float(), torch.from_numpy(pred).float()) == pytest.approx(r2_score(y, pred), abs=1e-5)
     with pytest.raises(ValueError, match=r"y_pred has shape \(30, 2\)"):
         r2_score(y, pred[:, :2])
 
@@ -190,7 +186,7 @@ def test_group_latent_r2_rectangular_assignment() -> None:
     assert fewer.r2_matrix.shape == (2, 1)
     assert len(fewer.matching) == 1
     assert fewer.score == pytest.approx(1.0, abs=1e-9)
-    (i, j), = fewer.matching
+    ((i, j),) = fewer.matching
     unmatched = group_slices([3, 3])[1 - i]
     matched = group_slices([3, 3])[i]
     assert np.isnan(fewer.aligned[:, unmatched]).all()

@@ -8,13 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = str(ROOT / "conf")
+from facrnn.runs.compose import CONFIG_DIR, ROOT, compose_train_config
+
+__all__ = ["CONFIG_DIR", "MODELS_UNDER_TEST", "ROOT", "TINY_DATA", "compose_config", "run_script"]
 
 # Small synthetic data: the paper recipe with a short teacher fit and fewer steps.
 TINY_DATA = [
@@ -27,17 +25,9 @@ MODELS_UNDER_TEST = ["facrnn", "lrrnn", "bdrnn", "facrnn_full"]
 
 
 def compose_config(name: str, overrides: list[str], tmp_path: Path, run_name: str = "run") -> DictConfig:
-    """Compose ``conf/NAME.yaml`` like ``@hydra.main`` would, with the run in ``tmp_path/run_name``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / run_name)
-        cfg.hydra.runtime.output_dir = str(tmp_path / run_name)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    """Compose ``conf/NAME.yaml`` like ``@hydra.main`` would, with ``paths.root_dir`` ``tmp_path``
+    and the run in ``tmp_path/run_name`` (:func:`facrnn.runs.compose.compose_train_config`)."""
+    return compose_train_config(overrides, tmp_path / run_name, config_name=name, root_dir=tmp_path)
 
 
 def run_script(script: str, args: list[str], root: Path) -> subprocess.CompletedProcess:

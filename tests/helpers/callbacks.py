@@ -34,7 +34,9 @@ class SaveParametersPerRank(pl.Callback):
         self.directory = Path(directory)
         self.trial_times: list[torch.Tensor] = []
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict | list[dict], batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict | list[dict], batch_idx: int
+    ) -> None:
         for one_batch in batch if isinstance(batch, list) else [batch]:  # batches_per_call groups them
             self.trial_times.append(torch.stack([one_batch["trial"], one_batch["time"]], dim=1))
 

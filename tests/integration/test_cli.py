@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import ROOT, TINY_DATA, run_script
+from tests.helpers import TINY_DATA, run_script
 
 
 def test_train_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
@@ -39,7 +36,12 @@ def test_multirun_over_models_and_seeds(tmp_path: Path) -> None:
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     configs = sorted(sweep_dir.glob("*/config.yaml"))
     assert len(configs) == 4
-    names = sorted(line for path in configs for line in path.read_text().splitlines() if line.startswith("  name: ") and "seed" not in line)
+    names = sorted(
+        line
+        for path in configs
+        for line in path.read_text().splitlines()
+        if line.startswith("  name: ") and "seed" not in line
+    )
     assert names == ["  name: facrnn"] * 2 + ["  name: lrrnn"] * 2
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import hydra
 import pytest
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 
 from tests.helpers import CONFIG_DIR, compose_config
 
@@ -14,9 +16,38 @@ MODELS = sorted(path.stem for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"
 DEBUGS = sorted(path.stem for path in (Path(CONFIG_DIR) / "debug").glob("*.yaml"))
 
 
-def test_config_groups_are_found() -> None:
-    assert "synthetic_paper" in EXPERIMENTS
+GROUP_OPTIONS = sorted(
+    (path.parent.name, path.stem) for path in Path(CONFIG_DIR).glob("*/*.yaml") if path.parent.name != "schema"
+)
+
+
+def targets(node: object) -> list[str]:
+    """Every ``_target_`` string anywhere in a plain container (a config's ``to_container``)."""
+    if isinstance(node, dict):
+        found = [str(node["_target_"])] if "_target_" in node else []
+        return found + [target for value in node.values() for target in targets(value)]
+    if isinstance(node, list):
+        return [target for value in node for target in targets(value)]
+    return []
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_config_option_composes_resolves_and_its_targets_import(group: str, option: str, tmp_path: Path) -> None:
+    """``GROUP=OPTION`` for every conf/GROUP/OPTION.yaml: composes, is the choice Hydra records,
+    every interpolation resolves (``???`` values stay missing), every ``_target_`` imports."""
+    cfg = compose_config("train", [f"{group}={option}"], tmp_path)
+    assert cfg.hydra.runtime.choices[group] == option
+    found = targets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    assert "facrnn.training.module.FacRNNModule" in found
+    for target in found:
+        assert callable(get_object(target)), f"{group}={option}: _target_ {target} is not callable"
+
+
+def test_config_groups_hold_the_documented_options() -> None:
+    """The parametrized tests above have their cases (CONFIG_DIR is the repository's conf/)."""
+    assert {"synthetic_paper", "synthetic_benchmark", "monkey_m1", "mouse_voltage"} <= set(EXPERIMENTS)
     assert {"facrnn", "lrrnn", "bdrnn", "facrnn_full"} <= set(MODELS)
+    assert {"fdr", "short"} <= set(DEBUGS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -29,10 +60,15 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -
     assert callbacks
 
 
-@pytest.mark.parametrize("debug", DEBUGS)
-def test_debug_configs_compose(debug: str, tmp_path: Path) -> None:
-    cfg = compose_config("train", [f"debug={debug}"], tmp_path)
-    assert cfg.trainer.max_epochs >= 1
+def test_debug_configs_shrink_a_run_and_win_over_the_experiment(tmp_path: Path) -> None:
+    """debug comes after experiment in train.yaml's defaults, so ``experiment=X debug=Y`` is X shrunk."""
+    fdr = compose_config("train", ["experiment=synthetic_paper", "debug=fdr"], tmp_path)
+    assert fdr.trainer.fast_dev_run is True
+    assert (fdr.hydra.runtime.choices.logger, dict(fdr.logger), fdr.evaluate) == ("none", {}, False)
+    short = compose_config("train", ["experiment=synthetic_paper", "debug=short"], tmp_path)
+    assert (short.trainer.max_epochs, short.trainer.check_val_every_n_epoch) == (2, 1)  # the experiment's 5000 lost
+    assert list(short.logger) == ["csv"] and short.evaluate is True
+    assert short.model.beta == 20.0  # the experiment's model settings stay
 
 
 def test_synthetic_paper_settings(tmp_path: Path) -> None:

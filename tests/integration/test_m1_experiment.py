@@ -13,9 +13,8 @@ import pytest
 
 from facrnn.core.grouping import resolve_group_sizes
 from facrnn.runs.pipeline import train
-from tests.helpers import compose_config
-from tests.helpers import run_script
 from tests.datamodules.test_monkey_m1 import reach_arrays
+from tests.helpers import compose_config, run_script
 
 
 def test_paper_settings(tmp_path: Path) -> None:
@@ -63,7 +62,15 @@ def test_another_unit_count_needs_only_the_path(tmp_path: Path) -> None:
     )
     result = train(cfg)
     metrics, run_dir = result["metrics"], Path(result["run_dir"])
-    assert {"latent_r2", "rotation_r2_min", "rotation_r2_max", "rotation_best_deg", "recon_r2", "partial_corr", "total_corr"} <= set(metrics)
+    assert {
+        "latent_r2",
+        "rotation_r2_min",
+        "rotation_r2_max",
+        "rotation_best_deg",
+        "recon_r2",
+        "partial_corr",
+        "total_corr",
+    } <= set(metrics)
     assert 0.0 <= metrics["latent_r2"] <= 1.0
     assert "W" not in metrics and "group_latent_r2" not in metrics  # no ground truth
     with open(run_dir / "rotation_sweep.csv") as handle:

@@ -11,10 +11,11 @@ from scipy import stats
 
 from datamodules.grouped_teacher import GroupedTeacherDataModule, generate_grouped_teacher
 from facrnn.core.losses import poisson_nll
-from facrnn.evaluation.metrics import bits_per_spike, poisson_loglik
 from facrnn.core.model import encoder_input
-from facrnn.training.module import FacRNNModule
+from facrnn.core.observation import GaussianObservation, PoissonObservation
+from facrnn.evaluation.metrics import bits_per_spike, observation_scores, poisson_loglik
 from facrnn.runs.pipeline import train
+from facrnn.training.module import FacRNNModule
 
 # ------------------------------------------------------------------------------ Poisson
 
@@ -45,6 +46,17 @@ def test_bits_per_spike_matches_the_formula_and_known_values() -> None:
     assert bits_per_spike(counts, np.tile(counts.mean(0), (400, 1))) == pytest.approx(0.0, abs=1e-12)
     assert bits_per_spike(counts, np.full_like(rates, 5.0)) < 0
     assert poisson_loglik(counts, rates) == pytest.approx(stats.poisson.logpmf(counts, rates).sum(1).mean())
+    # what evaluate_model reports for a Poisson model (model.observation); log_std plays no part
+    scores = observation_scores(PoissonObservation(), counts, rates, np.full(12, 9.0))
+    assert list(scores) == ["cond_loglik", "bits_per_spike"]
+    assert scores["cond_loglik"] == pytest.approx(stats.poisson.logpmf(counts, rates).sum(1).mean(), rel=1e-12)
+    assert scores["bits_per_spike"] == pytest.approx(bits_per_spike_by_formula(counts, rates), rel=1e-10)
+    assert list(observation_scores(PoissonObservation(), np.zeros((3, 2)), np.ones((3, 2)), np.zeros(2))) == [
+        "cond_loglik"  # no spikes: bits per spike are undefined and left out
+    ]
+    gaussian = observation_scores(GaussianObservation(), counts, rates, np.full(12, -0.5))
+    assert list(gaussian) == ["cond_loglik"]
+    assert gaussian["cond_loglik"] == pytest.approx(stats.norm.logpdf(counts, rates, np.exp(-0.5)).sum(1).mean(), rel=1e-12)
 
 
 def test_bits_per_spike_errors() -> None:
@@ -69,8 +81,7 @@ def test_poisson_module_needs_softplus_and_uses_the_poisson_loss() -> None:
         FacRNNModule(n_neurons=4, n_train=100, latent_dim=2, n_groups=1, likelihood="poisson")
     with pytest.raises(ValueError, match="model.likelihood"):
         FacRNNModule(n_neurons=4, n_train=100, latent_dim=2, n_groups=1, likelihood="gamma")
-    module = FacRNNModule(n_neurons=4, n_train=100, latent_dim=2, n_groups=1, beta=0.0,
-                          likelihood="poisson", link="softplus")
+    module = FacRNNModule(n_neurons=4, n_train=100, latent_dim=2, n_groups=1, beta=0.0, likelihood="poisson", link="softplus")
     batch = {"x": torch.poisson(torch.ones(16, 4)), "encoder_input": torch.randn(16, 4)}
     torch.manual_seed(0)
     terms = module.loss_terms(batch)
@@ -114,9 +125,18 @@ def test_poisson_facrnn_recovers_the_groups_of_a_poisson_teacher(tmp_path: Path)
     cfg = compose_config(
         "train",
         [
-            "datamodule=grouped_teacher", "datamodule.neurons_per_group=100", "datamodule.bias=-1.0",
-            "datamodule.data_seed=1", "model.latent_dim=4", "model.beta=100", "model.likelihood=poisson",
-            "model.link=softplus", "trainer.max_epochs=500", "logger=csv", "threads=1", "seed=0",
+            "datamodule=grouped_teacher",
+            "datamodule.neurons_per_group=100",
+            "datamodule.bias=-1.0",
+            "datamodule.data_seed=1",
+            "model.latent_dim=4",
+            "model.beta=100",
+            "model.likelihood=poisson",
+            "model.link=softplus",
+            "trainer.max_epochs=500",
+            "logger=csv",
+            "threads=1",
+            "seed=0",
         ],
         tmp_path,
     )
@@ -135,10 +155,20 @@ def test_poisson_facrnn_with_history_and_restarts_recovers_the_groups(tmp_path: 
     cfg = compose_config(
         "train",
         [
-            "datamodule=grouped_teacher", "datamodule.neurons_per_group=100", "datamodule.bias=-1.0",
-            "datamodule.data_seed=0", "model.latent_dim=4", "model.beta=100", "model.likelihood=poisson",
-            "model.link=softplus", "model.history=3", "model.restarts=4", "model.restart_epochs=500",
-            "trainer.max_epochs=500", "logger=csv", "seed=0",
+            "datamodule=grouped_teacher",
+            "datamodule.neurons_per_group=100",
+            "datamodule.bias=-1.0",
+            "datamodule.data_seed=0",
+            "model.latent_dim=4",
+            "model.beta=100",
+            "model.likelihood=poisson",
+            "model.link=softplus",
+            "model.history=3",
+            "model.restarts=4",
+            "model.restart_epochs=500",
+            "trainer.max_epochs=500",
+            "logger=csv",
+            "seed=0",
         ],
         tmp_path,
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facrnn.plots.dynamics import plot_attractors, plot_coupling, plot_rollout_curves, rollout_curves_from_rows
 from facrnn.cli.group_selection import grouping_label, render_selection_markdown, summarise_by_grouping
+from facrnn.plots.dynamics import plot_attractors, plot_coupling, plot_rollout_curves, rollout_curves_from_rows
 
 PNG = b"\x89PNG"
 

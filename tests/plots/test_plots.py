@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facrnn.plots import run as plots
 from facrnn.core.grouping import group_slices
+from facrnn.plots import fit as plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GROUPINGS = [[3, 2, 1], [3, 3]]
@@ -71,9 +71,7 @@ def test_plot_connectivity_with_truth(tmp_path: Path, group_sizes: list[int]) ->
     w, stack = low_rank(group_sizes, seed=0)
     w_true, stack_true = low_rank(group_sizes, seed=1)
     matching = [(g, len(group_sizes) - 1 - g) for g in range(len(group_sizes))]
-    out = plots.plot_connectivity(
-        w, stack, tmp_path / "conn.png", true_w=w_true, true_group_w=stack_true, matching=matching
-    )
+    out = plots.plot_connectivity(w, stack, tmp_path / "conn.png", true_w=w_true, true_group_w=stack_true, matching=matching)
     assert_png(out)
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from facrnn.training.module import FacRNNModule
+from facrnn.evaluation.settings import EvalSettings
 from facrnn.runs.pipeline import evaluate_run, train
+from facrnn.training.module import FacRNNModule
 from tests.helpers import MODELS_UNDER_TEST
 
 
@@ -29,11 +30,16 @@ def test_one_epoch_then_evaluate(tiny_train_cfg) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file()
 
-    evaluation = evaluate_run(run_dir, checkpoint="last", n_mc=2)
+    evaluation = evaluate_run(run_dir, EvalSettings(checkpoint="last", n_mc=2))
     stored = json.loads((run_dir / "metrics.json").read_text())
     assert stored == pytest.approx(evaluation.metrics)
     expected = {
-        "cond_loglik", "recon_r2", "partial_corr", "total_corr", "group_latent_r2", "component_latent_r2",
+        "cond_loglik",
+        "recon_r2",
+        "partial_corr",
+        "total_corr",
+        "group_latent_r2",
+        "component_latent_r2",
         *(f"{prefix}_{name}" for prefix in ("connectivity", "sub_connectivity") for name in ("mae", "rmse", "r2", "pearson")),
     }
     assert expected <= set(stored)

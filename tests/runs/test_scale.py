@@ -22,9 +22,9 @@ from omegaconf import OmegaConf, open_dict
 
 from datamodules.base import BatchIndexSampler
 from facrnn.runs import sweeps
-from facrnn.training.module import FacRNNModule
 from facrnn.runs.pipeline import train
 from facrnn.runs.resume import prepare_resume, resolve_checkpoint
+from facrnn.training.module import FacRNNModule
 from tests.helpers import ROOT, TINY_DATA, compose_config
 
 # Quick jobs: tiny data, one thread, no W&B.
@@ -67,7 +67,15 @@ LAUNCHER_ARGS = {
 def test_two_by_two_multirun_isolates_the_failing_job(launcher: str, tmp_path: Path, data_cache: str) -> None:
     sweep_dir = tmp_path / "sweep"
     result = run_train(
-        ["-m", *QUICK, "debug=fdr", f"paths.cache_dir={data_cache}", *GRID, *LAUNCHER_ARGS[launcher], f"hydra.sweep.dir={sweep_dir}"],
+        [
+            "-m",
+            *QUICK,
+            "debug=fdr",
+            f"paths.cache_dir={data_cache}",
+            *GRID,
+            *LAUNCHER_ARGS[launcher],
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
         tmp_path,
     )
     assert result.returncode == 1, result.stderr[-3000:]  # the sweep's exit status reports the failure
@@ -78,7 +86,9 @@ def test_two_by_two_multirun_isolates_the_failing_job(launcher: str, tmp_path: P
     assert {"model.latent_dim=6", "model.n_groups=4"} <= set(failed["overrides"])
     assert "model.n_groups" in failed["error"] or "latent_dim" in failed["error"]
     # the other three jobs ran to the end, each in its own directory
-    finished = sorted(path.parent.name for path in sweep_dir.glob("*/config.yaml") if not (path.parent / "failure.yaml").exists())
+    finished = sorted(
+        path.parent.name for path in sweep_dir.glob("*/config.yaml") if not (path.parent / "failure.yaml").exists()
+    )
     assert len(finished) == 3
     assert (sweep_dir / failed["dir"].split("/")[-1] / "failure.yaml").is_file()
     if launcher == "submitit_local":
@@ -134,13 +144,23 @@ def test_optuna_search_interrupted_after_three_trials_resumes_to_five(tmp_path: 
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = [
-        "-m", "hparams_search=facrnn_optuna", *QUICK, "debug=fdr", f"paths.cache_dir={data_cache}",
-        f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume_test",
+        "-m",
+        "hparams_search=facrnn_optuna",
+        *QUICK,
+        "debug=fdr",
+        f"paths.cache_dir={data_cache}",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=resume_test",
     ]
     # Asked for 5 trials, the search is killed (SIGKILL) when the 4th trial starts training.
     killed = run_train(
-        [*common, "hydra.sweeper.n_trials=5", f"hydra.sweep.dir={tmp_path / 'first'}",
-         "+callbacks.kill._target_=tests.helpers.callbacks.KillProcess", "+callbacks.kill.job_num=3"],
+        [
+            *common,
+            "hydra.sweeper.n_trials=5",
+            f"hydra.sweep.dir={tmp_path / 'first'}",
+            "+callbacks.kill._target_=tests.helpers.callbacks.KillProcess",
+            "+callbacks.kill.job_num=3",
+        ],
         tmp_path,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -149,8 +169,13 @@ def test_optuna_search_interrupted_after_three_trials_resumes_to_five(tmp_path: 
     # The same command with the trials still missing continues the same study; one of its
     # trials crashes, is marked FAIL, and the search goes on (3 trials for the 2 missing).
     resumed = run_train(
-        [*common, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'second'}",
-         "+callbacks.crash._target_=tests.helpers.callbacks.RaiseInJob", "+callbacks.crash.job_num=1"],
+        [
+            *common,
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweep.dir={tmp_path / 'second'}",
+            "+callbacks.crash._target_=tests.helpers.callbacks.RaiseInJob",
+            "+callbacks.crash.job_num=1",
+        ],
         tmp_path,
     )
     assert resumed.returncode == 1 and "1 of 3 jobs failed" in resumed.stderr, resumed.stderr[-3000:]
@@ -185,10 +210,11 @@ def test_checkpoint_resolution(tmp_path: Path) -> None:
     last.write_bytes(b"")
     assert resolve_checkpoint("last", False, tmp_path) == str(last)
     assert resolve_checkpoint(None, True, tmp_path) == str(last)
-    with pytest.raises(FileNotFoundError, match="ckpt_path=nope.ckpt: not a file"):
-        resolve_checkpoint("nope.ckpt", False, tmp_path)
-    with pytest.raises(ValueError, match="resume=true with ckpt_path=other.ckpt: expected one of them"):
-        resolve_checkpoint("other.ckpt", True, tmp_path)
+    assert resolve_checkpoint(str(last), False, tmp_path) == str(last)
+    copies_last = tmp_path / "checkpoints" / "copies" / "last.ckpt"
+    assert resolve_checkpoint("last", False, tmp_path, copies_last) is None  # batched copies resume from their own
+    # a missing ckpt_path file and resume=true with another ckpt_path are config errors, reported by
+    # check_train_config before this runs (tests/training/test_robustness_training.py)
 
 
 def test_resumed_run_reuses_the_wandb_run_id(tmp_path: Path) -> None:
@@ -217,12 +243,25 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
 ) -> None:
     # 6 epochs of 4 batches (one training_step per batch, or one per epoch), last.ckpt
     # written at every 2nd epoch's validation.
-    settings = [*QUICK, "logger=csv", f"paths.cache_dir={data_cache}", "trainer.max_epochs=6",
-                "trainer.check_val_every_n_epoch=2", "evaluate=false", "seed=5", f"batches_per_call={batches_per_call}"]
+    settings = [
+        *QUICK,
+        "logger=csv",
+        f"paths.cache_dir={data_cache}",
+        "trainer.max_epochs=6",
+        "trainer.check_val_every_n_epoch=2",
+        "evaluate=false",
+        "seed=5",
+        f"batches_per_call={batches_per_call}",
+    ]
     killed_dir = tmp_path / "killed"
     killed = run_train(
-        [*settings, f"hydra.run.dir={killed_dir}", "+callbacks.kill._target_=tests.helpers.callbacks.KillProcess",
-         "+callbacks.kill.epoch=4", f"+callbacks.kill.batch={kill_batch}"],
+        [
+            *settings,
+            f"hydra.run.dir={killed_dir}",
+            "+callbacks.kill._target_=tests.helpers.callbacks.KillProcess",
+            "+callbacks.kill.epoch=4",
+            f"+callbacks.kill.batch={kill_batch}",
+        ],
         tmp_path,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]  # killed mid-way through epoch 5
@@ -254,7 +293,9 @@ def test_ddp_sampler_shards_each_global_batch() -> None:
         expected = torch.randperm(10, generator=generator).split(4)
         for index, global_batch in enumerate(expected):
             share = len(global_batch) // 2
-            assert torch.equal(batches[0][index], global_batch[:share]) and torch.equal(batches[1][index], global_batch[share : 2 * share])
+            assert torch.equal(batches[0][index], global_batch[:share]) and torch.equal(
+                batches[1][index], global_batch[share : 2 * share]
+            )
     assert list(single)  # one process: unchanged behaviour (global RNG)
     with pytest.raises(ValueError, match="datamodule.batch_size=3: under distributed training"):
         list(BatchIndexSampler(10, 3, shuffle=False, rank=0, world_size=2))
@@ -318,9 +359,20 @@ def test_ddp_partial_correlation_sees_the_global_batch(tmp_path: Path) -> None:
 def test_ddp_fit_on_two_cpu_processes(tmp_path: Path, data_cache: str) -> None:
     run_dir, dump_dir = tmp_path / "ddp_run", tmp_path / "ranks"
     result = run_train(
-        [*QUICK, "logger=csv", f"paths.cache_dir={data_cache}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "evaluate=false", f"hydra.run.dir={run_dir}",
-         "+callbacks.dump._target_=tests.helpers.callbacks.SaveParametersPerRank", f"+callbacks.dump.directory={dump_dir}"],
+        [
+            *QUICK,
+            "logger=csv",
+            f"paths.cache_dir={data_cache}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=2",
+            "trainer.check_val_every_n_epoch=1",
+            "evaluate=false",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.dump._target_=tests.helpers.callbacks.SaveParametersPerRank",
+            f"+callbacks.dump.directory={dump_dir}",
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -343,12 +395,32 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path: Path, data_cache: str) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["launcher=slurm", "trainer=gpu", "experiment=synthetic_paper", "hydra.launcher.partition=gpu",
-         "hydra.launcher.timeout_min=120", "+hydra.launcher.additional_parameters.account=my_lab"],
-        ["hparams_search=facrnn_optuna", "experiment=synthetic_paper", "hydra.sweeper.n_trials=40",
-         "hydra.sweeper.n_jobs=8", "launcher=slurm", "trainer=gpu", "hydra.launcher.partition=gpu"],
-        ["launcher=slurm", "trainer=ddp", "trainer.devices=4", "experiment=synthetic_paper",
-         "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4", "hydra.launcher.partition=gpu"],
+        [
+            "launcher=slurm",
+            "trainer=gpu",
+            "experiment=synthetic_paper",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=120",
+            "+hydra.launcher.additional_parameters.account=my_lab",
+        ],
+        [
+            "hparams_search=facrnn_optuna",
+            "experiment=synthetic_paper",
+            "hydra.sweeper.n_trials=40",
+            "hydra.sweeper.n_jobs=8",
+            "launcher=slurm",
+            "trainer=gpu",
+            "hydra.launcher.partition=gpu",
+        ],
+        [
+            "launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "experiment=synthetic_paper",
+            "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.tasks_per_node=4",
+            "hydra.launcher.partition=gpu",
+        ],
     ],
     ids=["slurm_array", "beta_search", "ddp_4_gpus"],
 )

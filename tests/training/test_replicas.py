@@ -12,13 +12,14 @@ import torch
 from omegaconf import OmegaConf
 
 from facrnn.cli.compare import discover_runs
-from facrnn.errors import ConfigError, TrainingFaultError
+from facrnn.core.copies import ReplicatedLowRankRNN, build_copies, copy_seed, keep_optimizer_state, select_starts
 from facrnn.core.losses import gaussian_kl, gaussian_nll, overlap_penalty, poisson_nll
 from facrnn.core.model import LowRankRNN
-from facrnn.training.module import FacRNNModule
 from facrnn.core.partial_correlation import partial_correlation_minibatch, partial_correlation_minibatch_autograd
+from facrnn.errors import ConfigError, TrainingFaultError
+from facrnn.evaluation.settings import EvalSettings
 from facrnn.runs.pipeline import evaluate_run, train
-from facrnn.core.copies import ReplicatedLowRankRNN, build_copies, copy_seed, keep_optimizer_state, select_starts
+from facrnn.training.module import FacRNNModule
 from tests.helpers import TINY_DATA, compose_config
 
 QUICK = [*TINY_DATA, "threads=1", "logger=csv", "evaluate=false", "trainer.check_val_every_n_epoch=2"]
@@ -105,8 +106,12 @@ def test_one_copys_loss_moves_only_its_own_weights(monkeypatch: pytest.MonkeyPat
 def test_bad_copy_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match=r"^model.replicas=0: expected an integer >= 1$"):
         FacRNNModule(n_neurons=5, n_train=100, replicas=0)
-    with pytest.raises(ValueError, match="MLP encoder or decoder.*expected model.encoder=linear model.decoder=linear"):
+    # the rule lives in the settings schema (facrnn.training.settings), which the module applies
+    with pytest.raises(ValueError, match="MLP encoder.*expected model.encoder=linear model.decoder=linear"):
         FacRNNModule(n_neurons=5, n_train=100, restarts=2, encoder="mlp")
+    # the batched model itself only refuses copies it cannot stack
+    with pytest.raises(ValueError, match="^ReplicatedLowRankRNN: expected copies of a linear LowRankRNN"):
+        ReplicatedLowRankRNN([LowRankRNN(5, [2, 2], 100, encoder="mlp")])
 
 
 @pytest.mark.robustness
@@ -165,9 +170,15 @@ def test_replicas_write_ordinary_runs_that_match_plain_runs(tmp_path: Path, data
         assert isinstance(module.model, LowRankRNN) and module.hparams.seed == seed
     # the parent holds no plain checkpoint: compare finds the two replicas only
     assert discover_runs([parent]) == sorted(path.resolve() for path in replicas)
-    with pytest.raises(ConfigError, match=r"a run of model.replicas=2 batched copies; expected one of its replica directories \(replica_00_seed4, replica_01_seed5\)"):
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"a run of model.replicas=2 batched copies; "
+            r"expected one of its replica directories \(replica_00_seed4, replica_01_seed5\)"
+        ),
+    ):
         evaluate_run(parent)
-    metrics = evaluate_run(replicas[1], figures=False, dynamics=False).metrics
+    metrics = evaluate_run(replicas[1], EvalSettings(figures=False, dynamics=False)).metrics
     assert 0.0 < metrics["group_latent_r2"] <= 1.0
     # replica 1 is a run with seed 5: same initial weights, a loss within noise of the plain run
     run(tmp_path, data_cache, "seed=5", "trainer.max_epochs=20", run_name="plain")
@@ -198,12 +209,24 @@ def test_restarts_keep_the_start_with_the_lowest_training_objective(tmp_path: Pa
     module = FacRNNModule.load(str(run_dir / "checkpoints" / "last.ckpt"))
     assert isinstance(module.model, LowRankRNN)
     # evaluation reports the restarts and the kept start, and draws the starts' objectives
-    metrics = evaluate_run(run_dir, dynamics=False).metrics
+    metrics = evaluate_run(run_dir, EvalSettings(dynamics=False)).metrics
     assert metrics["restarts"] == 3 and metrics["kept_start"] == record["kept_start"]
     assert (run_dir / "figures" / "restarts.png").stat().st_size > 0
     # the kept start was trained on: resume from the batched state, past the selection
-    cfg = compose_config("train", [*QUICK, f"paths.cache_dir={data_cache}", "model.restarts=3", "model.restart_epochs=4",
-                                   "trainer.max_epochs=10", "ckpt_path=last", check], tmp_path, "restarts")
+    cfg = compose_config(
+        "train",
+        [
+            *QUICK,
+            f"paths.cache_dir={data_cache}",
+            "model.restarts=3",
+            "model.restart_epochs=4",
+            "trainer.max_epochs=10",
+            "ckpt_path=last",
+            check,
+        ],
+        tmp_path,
+        "restarts",
+    )
     train(cfg)
     resumed = torch.load(run_dir / "checkpoints" / "copies" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 9 and resumed["state_dict"]["model.encoder_weight"].shape[0] == 1
@@ -291,15 +314,19 @@ def test_nonfinite_batches_are_skipped_up_to_the_limit(tmp_path: Path, data_cach
 
 
 def test_restarts_figure_refuses_a_malformed_record(tmp_path: Path) -> None:
-    from facrnn.plots.run import plot_restarts
+    from facrnn.plots.fit import plot_restarts
 
-    record = {"epochs": [0, 1, 2], "objective_trajectories": [[3.0, 2.0, 1.5], [3.0, 2.5]], "kept_start": 0,
-              "selection_epoch": 2, "window_epochs": 1}
+    record = {
+        "epochs": [0, 1, 2],
+        "objective_trajectories": [[3.0, 2.0, 1.5], [3.0, 2.5]],
+        "kept_start": 0,
+        "selection_epoch": 2,
+        "window_epochs": 1,
+    }
     with pytest.raises(ValueError, match="objective_trajectories"):
         plot_restarts(record, tmp_path / "restarts.png")
     record["objective_trajectories"][1].append(2.4)
     assert plot_restarts(record, tmp_path / "restarts.png").stat().st_size > 0
-
 
 
 def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
@@ -315,7 +342,9 @@ def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
     sampler.set_epoch(1)
     assert torch.equal(torch.cat(list(sampler), dim=1)[0], torch.randperm(10, generator=torch.Generator().manual_seed(4)))
     sampler.keep_copies([1])  # after a restarts selection: copy 1 only, still in its own order
-    assert torch.equal(torch.cat(list(sampler), dim=1), torch.randperm(10, generator=torch.Generator().manual_seed(5)).unsqueeze(0))
+    assert torch.equal(
+        torch.cat(list(sampler), dim=1), torch.randperm(10, generator=torch.Generator().manual_seed(5)).unsqueeze(0)
+    )
     sampler.keep_copies([0, 1])
     grouped = GroupedBatchSampler(sampler, batches_per_call=2)
     assert len(grouped) == 2 and [len(group) for group in grouped] == [2, 1]
@@ -325,7 +354,7 @@ def test_copy_sampler_gives_each_copy_its_own_reproducible_order() -> None:
 
 
 def test_copy_history_round_trips_through_one_stacked_record() -> None:
-    from facrnn.training.module import stack_history, unstack_history
+    from facrnn.training.copies import stack_history, unstack_history
 
     entries = [(epoch, 8 * (epoch + 1), torch.randn(5, 3)) for epoch in range(4)]
     restored = unstack_history(stack_history(entries))

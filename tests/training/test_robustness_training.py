@@ -19,13 +19,14 @@ import torch
 import yaml
 from hydra.errors import InstantiationException
 
+from facrnn.cli.errors import project_error
+from facrnn.errors import CheckpointError, ConfigError
+from facrnn.evaluation.settings import EvalSettings
 from facrnn.runs import pipeline
 from facrnn.runs.checkpoints import CheckpointNotFoundError, load_checkpoint
-from facrnn.cli.errors import project_error
-from facrnn.training.settings import check_evaluate_config, check_train_config
-from facrnn.errors import CheckpointError, ConfigError
 from facrnn.training.faults import AtomicCheckpointIO, InterruptCheckpoint, TrainingInterrupted
 from facrnn.training.module import FacRNNModule
+from facrnn.training.settings import check_train_config
 from tests.helpers import ROOT, compose_config
 
 pytestmark = pytest.mark.robustness
@@ -53,8 +54,13 @@ def recording_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_run_args(recording_file: Path) -> list[str]:
     return [
-        "datamodule=from_file", f"datamodule.path={recording_file}", "datamodule.batch_size=64",
-        "model.latent_dim=4", "logger=none", "threads=1", "evaluate=false",
+        "datamodule=from_file",
+        f"datamodule.path={recording_file}",
+        "datamodule.batch_size=64",
+        "model.latent_dim=4",
+        "logger=none",
+        "threads=1",
+        "evaluate=false",
     ]
 
 
@@ -62,7 +68,11 @@ def small_run_args(recording_file: Path) -> list[str]:
 def start_saver(target: Path, mode: str, n_values: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.checkpoint_writer", str(target), mode, str(n_values)],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -119,13 +129,19 @@ def test_every_trainer_config_writes_checkpoints_atomically(trainer: str, tmp_pa
 def test_sigterm_saves_last_checkpoint_and_the_run_resumes(tmp_path: Path, recording_file: Path) -> None:
     run_dir, marker = tmp_path / "run", tmp_path / "training"
     args = [
-        *small_run_args(recording_file), "trainer.max_epochs=100000", "trainer.check_val_every_n_epoch=100000",
-        f"+callbacks.mark._target_=tests.helpers.callbacks.MarkEpoch", f"+callbacks.mark.path={marker}",
+        *small_run_args(recording_file),
+        "trainer.max_epochs=100000",
+        "trainer.check_val_every_n_epoch=100000",
+        "+callbacks.mark._target_=tests.helpers.callbacks.MarkEpoch",
+        f"+callbacks.mark.path={marker}",
     ]
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path, env={**ENV, "FACRNN_ROOT": str(tmp_path)}, stdout=stdout, stderr=stderr,
+            cwd=tmp_path,
+            env={**ENV, "FACRNN_ROOT": str(tmp_path)},
+            stdout=stdout,
+            stderr=stderr,
         )
         deadline = time.monotonic() + 90
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -145,8 +161,12 @@ def test_sigterm_saves_last_checkpoint_and_the_run_resumes(tmp_path: Path, recor
     assert checkpoint["epoch"] > 2 and f"at epoch {checkpoint['epoch']} (step {checkpoint['global_step']})" in line
     assert load_checkpoint(last).hparams.latent_dim == 4  # FacRNNModule.load reads it
 
-    resume = [*small_run_args(recording_file), "ckpt_path=last", "trainer.check_val_every_n_epoch=1",
-              f"trainer.max_epochs={checkpoint['epoch'] + 3}"]
+    resume = [
+        *small_run_args(recording_file),
+        "ckpt_path=last",
+        "trainer.check_val_every_n_epoch=1",
+        f"trainer.max_epochs={checkpoint['epoch'] + 3}",
+    ]
     pipeline.train(compose_config("train", resume, tmp_path, run_name="run"))
     resumed = torch.load(last, weights_only=True)
     assert resumed["epoch"] == checkpoint["epoch"] + 2 and resumed["global_step"] > checkpoint["global_step"]
@@ -155,8 +175,13 @@ def test_sigterm_saves_last_checkpoint_and_the_run_resumes(tmp_path: Path, recor
 def test_ctrl_c_saves_last_checkpoint_and_exits_130(tmp_path: Path, recording_file: Path) -> None:
     cfg = compose_config(
         "train",
-        [*small_run_args(recording_file), "trainer.max_epochs=50", "trainer.check_val_every_n_epoch=100",
-         "+callbacks.ctrl_c._target_=tests.helpers.callbacks.CtrlCAt", "+callbacks.ctrl_c.epoch=3"],
+        [
+            *small_run_args(recording_file),
+            "trainer.max_epochs=50",
+            "trainer.check_val_every_n_epoch=100",
+            "+callbacks.ctrl_c._target_=tests.helpers.callbacks.CtrlCAt",
+            "+callbacks.ctrl_c.epoch=3",
+        ],
         tmp_path,
     )
     try:
@@ -186,8 +211,13 @@ def checkpoint_file(tmp_path: Path) -> Path:
     path = tmp_path / "run" / "checkpoints" / "best.ckpt"
     path.parent.mkdir(parents=True)
     torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-         "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0},
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
         path,
     )
     (path.parents[1] / "config.yaml").write_text("datamodule: {}\n")
@@ -205,15 +235,20 @@ def test_evaluate_without_checkpoint_says_so(tmp_path: Path) -> None:
         f"{run_dir}/checkpoints: no best.ckpt or last.ckpt (training stopped before its first checkpoint?); "
         "expected a run directory written by train.py: re-train, or pass checkpoint=PATH"
     )
-    with pytest.raises(CheckpointNotFoundError, match=r"^checkpoint=nope.ckpt: not a file; expected best, last or a .ckpt path$"):
-        pipeline.evaluate_run(run_dir, checkpoint="nope.ckpt")
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"^checkpoint=nope.ckpt: not a file; expected best, last or a .ckpt path$"
+    ):
+        pipeline.evaluate_run(run_dir, EvalSettings(checkpoint="nope.ckpt"))
 
 
 def test_truncated_checkpoint_is_reported_with_its_size(checkpoint_file: Path) -> None:
     data = checkpoint_file.read_bytes()
     checkpoint_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"best.ckpt: truncated or corrupted \(\d+ bytes; .*\); expected a complete "
-                       r"checkpoint: re-train, or pass checkpoint=last \(or checkpoint=best\)$") as error:
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.ckpt: truncated or corrupted \(\d+ bytes; .*\); expected a complete "
+        r"checkpoint: re-train, or pass checkpoint=last \(or checkpoint=best\)$",
+    ) as error:
         pipeline.evaluate_run(checkpoint_file.parents[1])
     assert str(error.value).startswith(str(checkpoint_file))
 
@@ -229,8 +264,11 @@ def test_checkpoint_with_a_code_execution_payload_is_refused_unrun(checkpoint_fi
     checkpoint = torch.load(checkpoint_file, weights_only=True)
     checkpoint["hyper_parameters"]["name"] = Payload()
     torch.save(checkpoint, checkpoint_file)
-    with pytest.raises(CheckpointError, match=r"best.ckpt: refused to unpickle: it holds objects other than tensors and "
-                       r"plain containers \((posix|os)\.system\); expected a checkpoint written by train.py"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.ckpt: refused to unpickle: it holds objects other than tensors and "
+        r"plain containers \((posix|os)\.system\); expected a checkpoint written by train.py",
+    ):
         load_checkpoint(checkpoint_file)
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
@@ -239,67 +277,97 @@ def test_checkpoint_of_an_incompatible_version_is_reported(checkpoint_file: Path
     checkpoint = torch.load(checkpoint_file, weights_only=True)
     del checkpoint["hyper_parameters"]["n_train"]
     torch.save(checkpoint, checkpoint_file)
-    with pytest.raises(CheckpointError, match=r"best.ckpt: hyper_parameters lack n_train \(written by an incompatible "
-                       r"version\?\); expected a checkpoint written by this version of train.py"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.ckpt: hyper_parameters lack n_train \(written by an incompatible "
+        r"version\?\); expected a checkpoint written by this version of train.py",
+    ):
         load_checkpoint(checkpoint_file)
 
     checkpoint["hyper_parameters"]["n_train"] = 20
     checkpoint["hyper_parameters"]["latent_dim"] = 6  # the weights are of a K=4 model
     checkpoint["hyper_parameters"]["n_groups"] = 3
     torch.save(checkpoint, checkpoint_file)
-    with pytest.raises(CheckpointError, match=r"best.ckpt: incompatible with this version of FacRNN \(size mismatch for "
-                       r"model\..*; written with pytorch-lightning .*\); expected hyper-parameters and weights of the "
-                       r"current model"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.ckpt: incompatible with this version of FacRNN \(size mismatch for "
+        r"model\..*; written with pytorch-lightning .*\); expected hyper-parameters and weights of the "
+        r"current model",
+    ):
         load_checkpoint(checkpoint_file)
 
     # a setting this version no longer has
     checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "latent_dim": 4, "n_groups": 2, "link": "gelu"}
     torch.save(checkpoint, checkpoint_file)
-    with pytest.raises(CheckpointError, match=r"incompatible with this version of FacRNN \(model.link='gelu': expected "
-                       r"one of \('identity', 'relu', 'softplus'\); written with"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"incompatible with this version of FacRNN \(model.link='gelu': expected "
+        r"one of \('identity', 'relu', 'softplus'\); written with",
+    ):
         load_checkpoint(checkpoint_file)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_reported(checkpoint_file: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, checkpoint_file)
-    with pytest.raises(CheckpointError, match=r"best.ckpt: not a FacRNN checkpoint \(found \['weights'\]\); expected a "
-                       r"Lightning checkpoint with state_dict, hyper_parameters written by train.py"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.ckpt: not a FacRNN checkpoint \(found \['weights'\]\); expected a "
+        r"Lightning checkpoint with state_dict, hyper_parameters written by train.py",
+    ):
         load_checkpoint(checkpoint_file)
 
 
 # ------------------------------------------------------------------ 4. config checks
 CONFIG_ERRORS = [
-    (["model.group_sizes=[2,3]"],
-     "model.group_sizes=[2, 3] sums to 5 but model.latent_dim=6: expected the group sizes to sum to the latent dimension K"),
-    (["model.n_groups=4"],
-     "model.n_groups=4 does not divide model.latent_dim=6: expected equal groups, or give unequal sizes as model.group_sizes=[...]"),
+    (
+        ["model.group_sizes=[2,3]"],
+        "model.group_sizes=[2, 3] sums to 5 but model.latent_dim=6: expected the group sizes to sum to the latent dimension K",
+    ),
+    (
+        ["model.n_groups=4"],
+        "model.n_groups=4 does not divide model.latent_dim=6: expected equal groups, "
+        "or give unequal sizes as model.group_sizes=[...]",
+    ),
     (["model.beta=-1"], "model.beta=-1: expected a non-negative weight of the partial correlation penalty (a number >= 0)"),
     (["model.alpha=-0.5"], "model.alpha=-0.5: expected a non-negative weight of the overlap penalty (a number >= 0)"),
     (["model.lr=0"], "model.lr=0: expected a learning rate > 0 (a positive number)"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a positive number of epochs (or -1: no limit)"),
     (["datamodule.batch_size=0"], "datamodule.batch_size=0: expected the minibatch size (a positive integer)"),
     (["model.history=0"], "model.history=0: expected the number of encoder history lags (a positive integer)"),
-    (["model.likelihood=poisson"],
-     "model.link='identity' with model.likelihood=poisson: expected model.link=softplus (a positive Poisson rate)"),
+    (
+        ["model.likelihood=poisson"],
+        "model.link='identity' with model.likelihood=poisson: expected model.link=softplus (a positive Poisson rate)",
+    ),
     (["model.likelihood=bernoulli"], "model.likelihood='bernoulli': expected one of gaussian, poisson"),
     (["model.link=tanh"], "model.link='tanh': expected one of identity, relu, softplus"),
     (["model.encoder=rnn"], "model.encoder='rnn': expected one of linear, mlp"),
     (["model.optimizer=sgd"], "model.optimizer='sgd': expected one of adam, adamw"),
     (["datamodule.split=random"], "datamodule.split='random': expected one of even_odd, trials, all, blocks"),
-    (["model.alpha=1", "model.encoder=mlp"],
-     "model.alpha=1 with an MLP encoder/decoder: the overlap penalty needs W = B A; expected model.alpha=0 or "
-     "model.encoder=linear model.decoder=linear"),
+    (
+        ["model.alpha=1", "model.encoder=mlp"],
+        "model.alpha=1 with an MLP encoder/decoder: the overlap penalty needs W = B A; expected model.alpha=0 or "
+        "model.encoder=linear model.decoder=linear",
+    ),
     (["model.replicas=0"], "model.replicas=0: expected the number of seeds trained at once (a positive integer)"),
-    (["model.restarts=2", "model.decoder=mlp"],
-     "model.replicas=1, model.restarts=2 with an MLP encoder/decoder: copies are batched for the linear low-rank RNN "
-     "only; expected model.encoder=linear model.decoder=linear (or one copy)"),
-    (["datamodule.n_steps=400", "model.history=400"],
-     "model.history=400: datamodule.n_steps=400 gives trials of 400 bins; expected fewer history lags than bins per "
-     "trial (at most 399)"),
-    (["datamodule=mouse_voltage", "datamodule.frames=[0,50]", "model.history=60"],
-     "model.history=60: datamodule.frames=[0, 50] gives trials of 50 bins; expected fewer history lags than bins per "
-     "trial (at most 49)"),
-    (["datamodule=from_file"], "datamodule.path is not set: expected datamodule.path=VALUE on the command line or in the config"),
+    (
+        ["model.restarts=2", "model.decoder=mlp"],
+        "model.replicas=1, model.restarts=2 with an MLP encoder/decoder: copies are batched for the linear low-rank RNN "
+        "only; expected model.encoder=linear model.decoder=linear (or one copy)",
+    ),
+    (
+        ["datamodule.n_steps=400", "model.history=400"],
+        "model.history=400: datamodule.n_steps=400 gives trials of 400 bins; expected fewer history lags than bins per "
+        "trial (at most 399)",
+    ),
+    (
+        ["datamodule=mouse_voltage", "datamodule.frames=[0,50]", "model.history=60"],
+        "model.history=60: datamodule.frames=[0, 50] gives trials of 50 bins; expected fewer history lags than bins per "
+        "trial (at most 49)",
+    ),
+    (
+        ["datamodule=from_file"],
+        "datamodule.path is not set: expected datamodule.path=VALUE on the command line or in the config",
+    ),
     (["resume=true", "ckpt_path=other.ckpt"], "resume=true with ckpt_path=other.ckpt: expected one of them, not both"),
     (["threads=0"], "threads=0: expected the number of torch threads, or null (a positive integer)"),
 ]
@@ -328,24 +396,27 @@ def test_missing_resume_checkpoint_is_caught_before_any_data_loading(tmp_path: P
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["experiment=synthetic_paper"], ["experiment=monkey_m1"], ["experiment=mouse_voltage"], ["model=lrrnn"],
-     ["model=bdrnn"], ["model=facrnn_full"], ["model=facrnn_m1"], ["model.group_sizes=[2,4]"], ["trainer=ddp"],
-     ["model.likelihood=poisson", "model.link=softplus", "datamodule=grouped_teacher"], ["debug=fdr"], ["resume=true"]],
+    [
+        [],
+        ["experiment=synthetic_paper"],
+        ["experiment=monkey_m1"],
+        ["experiment=mouse_voltage"],
+        ["model=lrrnn"],
+        ["model=bdrnn"],
+        ["model=facrnn_full"],
+        ["model=facrnn_m1"],
+        ["model.group_sizes=[2,4]"],
+        ["trainer=ddp"],
+        ["model.likelihood=poisson", "model.link=softplus", "datamodule=grouped_teacher"],
+        ["debug=fdr"],
+        ["resume=true"],
+    ],
 )
 def test_shipped_configs_pass_the_checks(overrides: list[str], tmp_path: Path) -> None:
     check_train_config(compose_config("train", overrides, tmp_path))
 
 
-def test_evaluate_config_checks(tmp_path: Path) -> None:
-    check_evaluate_config(compose_config("evaluate", [f"run_dir={tmp_path}"], tmp_path))
-    for override, message in [
-        ("split=valid", "split='valid': expected one of train, val, test"),
-        ("n_mc=0", "n_mc=0: expected the number of posterior samples per point (a positive integer)"),
-        ("posthoc=pca", "posthoc='pca': expected one of ica, svd"),
-    ]:
-        with pytest.raises(ConfigError) as error:
-            check_evaluate_config(compose_config("evaluate", [f"run_dir={tmp_path}", override], tmp_path))
-        assert str(error.value) == message
+# the evaluate.py config checks: tests/cli/test_evaluate.py::test_evaluate_config_checks
 
 
 def test_project_errors_wrapped_by_hydra_instantiate_are_found() -> None:
@@ -403,4 +474,3 @@ def test_cli_evaluate_without_checkpoint_is_one_line(tmp_path: Path) -> None:
         "expected a run directory written by train.py: re-train, or pass checkpoint=PATH"
     )
     assert "Traceback" not in result.stderr
-

@@ -1,4 +1,4 @@
-"""Figures of an evaluated run: latents, connectivity heat maps and training curves.
+"""Figures of one fitted model: latents, connectivity heat maps, training curves and restarts.
 
 Everything here uses matplotlib's object-oriented API (``matplotlib.figure.Figure``
 and ``Figure.savefig``) without pyplot, so no global backend or figure state is
@@ -21,21 +21,14 @@ from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the '3d' projection)
 
 from facrnn.core.grouping import group_slices
+from facrnn.plots.save import save_figure
 
-DPI = 120
 TRUE_LABEL = "true"
 ESTIMATE_LABEL = "FacRNN estimate"
 CONNECTIVITY_CMAP = "RdBu_r"
 # Panel order of the training curves; other logged terms follow alphabetically.
 LOSS_TERM_ORDER = ("loss", "nll", "kl", "partial_corr", "overlap")
 SPLITS = ("train", "val")
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
 
 
 def _check_group_sizes(group_sizes: Sequence[int], total: int, name: str, what: str) -> list[int]:
@@ -53,9 +46,7 @@ def _check_group_sizes(group_sizes: Sequence[int], total: int, name: str, what: 
 # --------------------------------------------------------------------------- latents
 
 
-def _time_series_panel(
-    ax: Axes, true: np.ndarray, estimate: np.ndarray, columns: range, title: str
-) -> None:
+def _time_series_panel(ax: Axes, true: np.ndarray, estimate: np.ndarray, columns: range, title: str) -> None:
     """True (solid) and estimate (dashed) of ``columns``, one colour per dimension."""
     time = np.arange(true.shape[0])
     handles = []
@@ -75,9 +66,7 @@ def _time_series_panel(
     ax.set_title(title, fontsize="medium")
 
 
-def _state_space_panel(
-    fig: Figure, spec, true: np.ndarray, estimate: np.ndarray, columns: range
-) -> None:
+def _state_space_panel(fig: Figure, spec, true: np.ndarray, estimate: np.ndarray, columns: range) -> None:
     """Trajectory of the group in its own state space (3-D, 2-D, or a time series if 1-D)."""
     has_estimate = not np.any(np.all(np.isnan(estimate[:, columns.start : columns.stop]), axis=0))
     shown = list(columns)[:3]
@@ -162,8 +151,7 @@ def plot_latents(
         raise ValueError(f"true_latents has shape {true.shape}: expected 2-D (T, K)")
     if estimate.shape != true.shape:
         raise ValueError(
-            f"aligned_latents has shape {estimate.shape} but true_latents has shape {true.shape}: "
-            "expected the same (T, K)"
+            f"aligned_latents has shape {estimate.shape} but true_latents has shape {true.shape}: expected the same (T, K)"
         )
     if true.shape[0] == 0:
         raise ValueError(f"true_latents has shape {true.shape}: expected at least one time bin")
@@ -185,7 +173,7 @@ def plot_latents(
         _state_space_panel(fig, grid[g, 1], true, estimate, columns)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------- connectivity
@@ -198,9 +186,7 @@ def _symmetric_limit(*matrices: np.ndarray) -> float:
 
 
 def _heat_map(fig: Figure, ax: Axes, matrix: np.ndarray, limit: float, title: str) -> None:
-    image = ax.imshow(
-        matrix, cmap=CONNECTIVITY_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="equal"
-    )
+    image = ax.imshow(matrix, cmap=CONNECTIVITY_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="equal")
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("presynaptic neuron")
     ax.set_ylabel("postsynaptic neuron")
@@ -227,9 +213,7 @@ def _check_stack(stack: np.ndarray | None, name: str, n: int) -> np.ndarray | No
     return stack
 
 
-def _check_matching(
-    matching: Sequence[tuple[int, int]], n_true: int, n_est: int
-) -> list[tuple[int, int]]:
+def _check_matching(matching: Sequence[tuple[int, int]], n_true: int, n_est: int) -> list[tuple[int, int]]:
     pairs = []
     for pair in matching:
         try:
@@ -341,7 +325,7 @@ def plot_connectivity(
                 axes[row, 1].set_axis_off()
                 if groups_true is not None:
                     axes[row, 1].set_title("(unmatched learned group)", fontsize="medium")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loading_order(matrix: np.ndarray) -> np.ndarray:
@@ -401,7 +385,7 @@ def plot_sorted_connectivity(
         ax.set_ylabel("postsynaptic unit (sorted)")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ training curves
@@ -426,8 +410,7 @@ def _read_metrics_csv(metrics_csv: Path) -> dict[str, dict[str, tuple[list[float
             logged[column] = (split, term.removesuffix("_epoch"))
         if not logged:
             raise ValueError(
-                f"metrics_csv={metrics_csv}: no train/ or val/ columns, expected e.g. train/loss "
-                f"(columns: {header})"
+                f"metrics_csv={metrics_csv}: no train/ or val/ columns, expected e.g. train/loss (columns: {header})"
             )
         curves: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         for line, row in enumerate(reader, start=2):
@@ -442,8 +425,7 @@ def _read_metrics_csv(metrics_csv: Path) -> dict[str, dict[str, tuple[list[float
                     epoch, value = float(epoch_cell), float(cell)
                 except ValueError as error:
                     raise ValueError(
-                        f"metrics_csv={metrics_csv}, line {line}: non-numeric epoch={epoch_cell!r} "
-                        f"or {column}={cell!r}"
+                        f"metrics_csv={metrics_csv}, line {line}: non-numeric epoch={epoch_cell!r} or {column}={cell!r}"
                     ) from error
                 epochs, values = curves.setdefault(term, {}).setdefault(split, ([], []))
                 epochs.append(epoch)
@@ -513,7 +495,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
     for ax in list(axes.flat)[len(terms) :]:
         ax.set_axis_off()
     fig.suptitle(f"training curves ({'/'.join(metrics_csv.parts[-3:])})", fontsize="medium")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_restarts(record: dict, path: str | os.PathLike) -> Path:
@@ -541,8 +523,14 @@ def plot_restarts(record: dict, path: str | os.PathLike) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     for start, trajectory in enumerate(trajectories):
         is_kept = start == kept
-        ax.plot(epochs, trajectory, lw=2.0 if is_kept else 1.0, color="C3" if is_kept else "0.6",
-                label=f"start {start}" + (" (kept)" if is_kept else ""), zorder=3 if is_kept else 2)
+        ax.plot(
+            epochs,
+            trajectory,
+            lw=2.0 if is_kept else 1.0,
+            color="C3" if is_kept else "0.6",
+            label=f"start {start}" + (" (kept)" if is_kept else ""),
+            zorder=3 if is_kept else 2,
+        )
     selection = float(record["selection_epoch"])
     window = float(record["window_epochs"])
     ax.axvspan(selection - window + 1, selection, color="C0", alpha=0.15, label="selection window")
@@ -554,5 +542,4 @@ def plot_restarts(record: dict, path: str | os.PathLike) -> Path:
     ax.set_title(f"{len(trajectories)} starts; start {kept} kept at epoch {int(selection)}")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
-
+    return save_figure(fig, path)
