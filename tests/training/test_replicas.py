@@ -104,7 +104,8 @@ def test_one_copys_loss_moves_only_its_own_weights(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.robustness
 def test_bad_copy_settings_are_clear_errors() -> None:
-    with pytest.raises(ConfigError, match=r"^model.replicas=0: expected an integer >= 1$"):
+    replicas_rule = r"^model.replicas=0: expected the number of seeds trained at once \(a positive integer\)$"
+    with pytest.raises(ConfigError, match=replicas_rule):
         FacRNNModule(n_neurons=5, n_train=100, replicas=0)
     # the rule lives in the settings schema (facrnn.training.settings), which the module applies
     with pytest.raises(ValueError, match="MLP encoder.*expected model.encoder=linear model.decoder=linear"):
