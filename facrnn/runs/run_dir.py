@@ -28,7 +28,6 @@ configures; ``tests/runs/test_run_dir.py`` checks that those equal the names her
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,23 +37,10 @@ from facrnn.errors import CheckpointNotFoundError
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the
-    previous file or the new one, never a partial one (as checkpoints are written)."""
-    from facrnn.training.faults import fsync_directory, temporary_path
+    """Write ``text`` to ``path`` atomically, as checkpoints are written (:func:`facrnn.training.faults.atomic_write`)."""
+    from facrnn.training.faults import atomic_write
 
-    path = Path(path)
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-    return path
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytorch_lightning as pl
 import torch
@@ -58,6 +58,34 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, flush and fsync it, then
+    ``os.replace`` it onto ``path``: a reader sees the previous file or the new one, never a
+    partial one. Temporary files left by an earlier process killed mid-write are removed first.
+
+    Returns
+    -------
+    Path
+        The target path (its directory is created if missing).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj, path)`` that never leaves a partially written ``path``.
 
@@ -77,22 +105,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     Path
         The target path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-    return path
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -245,6 +258,7 @@ __all__ = [
     "Interruption",
     "TrainingInterrupted",
     "atomic_torch_save",
+    "atomic_write",
     "interrupt_signal",
     "raise_if_interrupted",
 ]
