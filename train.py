@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from facrnn.cli.errors import exit_on_error
-from facrnn.cli.report import format_metrics
+from facrnn.cli.report import evaluation_title, format_metrics
 from facrnn.runs.pipeline import train
 from facrnn.runs.sweeps import objective_value, run_job_isolated
 
@@ -17,7 +17,10 @@ def train_and_report(cfg: DictConfig) -> float | None:
     result = train(cfg)
     metrics = result.get("metrics")
     if metrics:
-        print(format_metrics(metrics, title=f"{cfg.model.name} held-out metrics"))
+        title = evaluation_title(result["method"], result.get("provenance") or {})
+        if result.get("replica_metrics"):  # model.replicas: the mean; each replica's own in its metrics.json
+            title += f"; mean of {len(result['replica_metrics'])} replicas"
+        print(format_metrics(metrics, title=title))
     print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
     return objective_value(cfg.get("optimized_metric"), result)
 

@@ -58,6 +58,36 @@ def block_split(n_bins: int, n_blocks: int, val_fraction: float, test_fraction: 
     return masks
 
 
+def even_odd_split(shape: tuple[int, int], val_fraction: float) -> dict[str, np.ndarray]:
+    """Train on even time bins, test on odd ones; validation bins are carved from the even ones.
+
+    ``round(val_fraction x even bins)`` of each trial's even bins (at least one), evenly spaced
+    in time, become validation bins, so the checkpoint and early stopping are chosen on bins
+    the test never sees (test = every odd bin, the paper's test set).
+
+    Parameters
+    ----------
+    shape : (trials, bins)
+    val_fraction : float
+
+    Returns
+    -------
+    dict of split name -> (trials, bins) bool mask.
+    """
+    n_trials, n_bins = shape
+    even_bins = np.arange(0, n_bins, 2)
+    if len(even_bins) < 2:
+        raise DataError(f"datamodule.split=even_odd with {n_bins} bins per trial: expected at least 3 bins")
+    n_val = min(len(even_bins) - 1, max(1, int(round(val_fraction * len(even_bins)))))
+    val_bins = even_bins[np.linspace(0, len(even_bins) - 1, n_val).round().astype(int)]
+    train, val, test = (np.zeros(shape, dtype=bool) for _ in range(3))
+    train[:, even_bins] = True
+    train[:, val_bins] = False
+    val[:, val_bins] = True
+    test[:, 1::2] = True
+    return {"train": train, "val": val, "test": test}
+
+
 def trial_split(
     n_trials: int,
     val_fraction: float,
@@ -67,9 +97,12 @@ def trial_split(
 ) -> dict[str, np.ndarray]:
     """Whole trials to ``train``/``val``/``test``, seeded; stratified by ``strata`` when given.
 
-    Within each stratum (all trials when ``strata`` is None) the trials are permuted and
-    ``round(fraction x stratum size)`` go to test, then to val, the rest to train, so every
-    label keeps its share in every split.
+    ``round(test_fraction x size)`` trials of each stratum (at least one in all) go to test
+    and ``round(val_fraction x size)`` to val, the rest to train. Stratification:
+    the trials of each stratum (all trials when ``strata`` is None) are permuted and spread
+    evenly over one sequence (the i-th of a stratum of n sits at (i + 1/2) / n), which is
+    cut into test | val | train, so every label keeps its share in every split as closely
+    as the counts allow, also when a stratum has fewer trials than 1 / fraction.
 
     Parameters
     ----------
@@ -88,22 +121,28 @@ def trial_split(
     strata = np.asarray(strata)
     if strata.shape != (n_trials,):
         raise DataError(f"trial strata have shape {strata.shape}; expected one label per trial ({n_trials},)")
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for label in np.unique(strata):
-        order = rng.permutation(np.flatnonzero(strata == label))
-        n_test = int(round(test_fraction * len(order)))
-        n_val = int(round(val_fraction * len(order)))
-        groups["test"].append(order[:n_test])
-        groups["val"].append(order[n_test : n_test + n_val])
-        groups["train"].append(order[n_test + n_val :])
-    result = {name: np.sort(np.concatenate(parts)) for name, parts in groups.items()}
-    if any(len(trials) == 0 for trials in result.values()):
+    labels, sizes = np.unique(strata, return_counts=True)
+    n_test = max(1, sum(int(round(test_fraction * size)) for size in sizes))
+    n_val = max(1, sum(int(round(val_fraction * size)) for size in sizes))
+    if n_test + n_val >= n_trials:
         raise DataError(
             f"datamodule.split=trials with {n_trials} trials, val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}: expected at least one trial in each split"
         )
-    return result
+    rng = np.random.default_rng(seed)
+    trials, positions = [], []
+    for label in labels:
+        order = rng.permutation(np.flatnonzero(strata == label))
+        trials.append(order)
+        positions.append((np.arange(len(order)) + 0.5) / len(order))
+    trials_all, position = np.concatenate(trials), np.concatenate(positions)
+    tie_break = rng.permutation(len(trials_all))
+    sequence = trials_all[np.lexsort((tie_break, position))]
+    return {
+        "test": np.sort(sequence[:n_test]),
+        "val": np.sort(sequence[n_test : n_test + n_val]),
+        "train": np.sort(sequence[n_test + n_val :]),
+    }
 
 
 class BinDataset(Dataset):
@@ -208,8 +247,9 @@ class RecordingDataModule(pl.LightningDataModule):
     batch_size : int
         Training minibatch size (also used for validation batches).
     split : {"even_odd", "trials", "all", "blocks"}
-        ``even_odd``: train on even time bins, validate and test on odd ones (single
-        recordings, the paper's protocol). ``trials``: whole trials to train/val/test by
+        ``even_odd``: train on even time bins, test on odd ones (single recordings, the
+        paper's protocol); ``val_fraction`` of the even bins, evenly spaced, validate
+        (:func:`even_odd_split`). ``trials``: whole trials to train/val/test by
         ``val_fraction``/``test_fraction`` (seeded by ``split_seed``; stratified by
         :meth:`trial_strata` where a subclass gives labels). ``all``: every bin in every split.
         ``blocks``: contiguous segments of time (:func:`block_split`, ``n_blocks`` blocks,
@@ -328,15 +368,21 @@ class RecordingDataModule(pl.LightningDataModule):
         """Labels ``(trials,)`` that ``split=trials`` stratifies by (e.g. reach direction); none here."""
         return None
 
+    def training_mask(self, n_trials: int, n_bins: int, strata: np.ndarray | None = None) -> np.ndarray:
+        """``(trials, bins)`` bool mask of the training bins of this datamodule's split.
+
+        Loaders take their preprocessing statistics (scaling, z-scoring) from these bins only,
+        so that held-out bins never shape the data the model is trained on.
+        """
+        return self._split_masks(n_trials, n_bins, strata)["train"]
+
     def _split_masks(self, n_trials: int, n_bins: int, strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
         shape = (n_trials, n_bins)
         if self.split == "all":
             everything = np.ones(shape, dtype=bool)
             return {"train": everything, "val": everything, "test": everything}
         if self.split == "even_odd":
-            even = np.zeros(shape, dtype=bool)
-            even[:, 0::2] = True
-            return {"train": even, "val": ~even, "test": ~even}
+            return even_odd_split(shape, self.val_fraction)
         if self.split == "blocks":
             masks = block_split(n_bins, self.n_blocks, self.val_fraction, self.test_fraction, self.split_gap)
             return {name: np.broadcast_to(mask, shape).copy() for name, mask in masks.items()}

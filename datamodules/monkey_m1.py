@@ -18,7 +18,7 @@ Every layout then goes through :func:`preprocess` (drop silent units, scale) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +41,12 @@ from facrnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# The bundled session (ERDiff project, MIT licence): data/ at the repository root.
-BUNDLED_SESSION = Path(__file__).resolve().parents[1] / "data" / "m1_center_out.npz"
+# The bundled session (ERDiff project, MIT licence): data/ at the repository root; a wheel
+# (pip install .) carries it as datamodules/_data/ (pyproject.toml [tool.setuptools]).
+_PACKAGED_SESSION = Path(__file__).resolve().parent / "_data" / "m1_center_out.npz"
+BUNDLED_SESSION = (
+    _PACKAGED_SESSION if _PACKAGED_SESSION.is_file() else Path(__file__).resolve().parents[1] / "data" / "m1_center_out.npz"
+)
 SCALINGS = ("max", "zscore", "none")
 TRIAL_ARRAY_KEYS = ("neural", "vel", "direction")
 NLB_KEYS = ("train_spikes_heldin", "train_spikes_heldout", "train_behavior")
@@ -96,7 +100,11 @@ def reach_directions(velocity: np.ndarray, n_directions: int = 8) -> np.ndarray:
 
 
 def preprocess(
-    neural: np.ndarray, drop_silent_units: bool = True, scaling: str = "max", where: str = "neural data"
+    neural: np.ndarray,
+    drop_silent_units: bool = True,
+    scaling: str = "max",
+    where: str = "neural data",
+    train_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The authors' preprocessing: drop zero-variance units, then scale.
 
@@ -104,13 +112,16 @@ def preprocess(
     ----------
     neural : (trials, T, units) array
     drop_silent_units : bool
-        Drop units whose activity has zero variance over all bins of all trials.
+        Drop units whose activity has zero variance over the training bins.
     scaling : {"max", "zscore", "none"}
-        ``max``: divide by the global maximum (the authors' choice; keeps rates
-        non-negative for the ReLU decoder). ``zscore``: per unit over all bins (pair it with
-        ``model.link=identity``). Statistics come from the whole session.
+        ``max``: divide by the maximum (the authors' choice; keeps rates non-negative for
+        the ReLU decoder). ``zscore``: per unit (pair it with ``model.link=identity``).
     where : str
         The file, for messages.
+    train_mask : (trials, T) bool array, optional
+        The training bins: every statistic (silent units, maximum, mean, standard deviation)
+        comes from them only, so held-out data never shape the preprocessing. None: every bin
+        (the authors' whole-session statistics; what ``split=all`` gives anyway).
 
     Returns
     -------
@@ -123,7 +134,16 @@ def preprocess(
     neural = np.asarray(numeric_array(neural, "neural", where), dtype=np.float64)
     check_ndim(neural, "neural", where, (3,), TRIAL_LAYOUT)
     check_not_empty(neural, "neural", where, TRIAL_LAYOUT)
-    flat = neural.reshape(-1, neural.shape[-1])
+    if train_mask is None:
+        flat = neural.reshape(-1, neural.shape[-1])
+    else:
+        train_mask = np.asarray(train_mask, dtype=bool)
+        if train_mask.shape != neural.shape[:2] or not train_mask.any():
+            raise DataError(
+                f"{where}: training mask of shape {train_mask.shape} with {int(train_mask.sum())} bins; "
+                f"expected shape {neural.shape[:2]} (trials, bins) with at least one training bin"
+            )
+        flat = neural[train_mask]
     silent = np.all(flat == flat[:1], axis=0)  # zero variance, exactly (var() may round to a tiny positive number)
     kept = np.flatnonzero(~silent) if drop_silent_units else np.arange(neural.shape[-1])
     if kept.size == 0:
@@ -132,20 +152,20 @@ def preprocess(
         )
     if drop_silent_units and silent.any():
         log.info("%s: dropped %d of %d silent (zero-variance) units", where, int(silent.sum()), silent.size)
-    x = neural[..., kept]
+    x, flat = neural[..., kept], flat[:, kept]
     if scaling == "max":
-        peak = np.abs(x).max()
+        peak = np.abs(flat).max()
         if peak == 0:
             raise DataError(f"{where}: the neural data are all zero; expected some activity to scale by its maximum")
         x = x / peak
     elif scaling == "zscore":
-        std = x.reshape(-1, x.shape[-1]).std(axis=0)
+        std = flat.std(axis=0)
         if np.any(std == 0):
             raise ConfigError(
                 f"datamodule.scaling=zscore with {int(np.sum(std == 0))} zero-variance units: "
                 "expected datamodule.drop_silent_units=true"
             )
-        x = (x - x.reshape(-1, x.shape[-1]).mean(axis=0)) / std
+        x = (x - flat.mean(axis=0)) / std
     with np.errstate(over="ignore"):  # beyond the float32 range: Inf, reported by Recording.validate
         return x.astype(np.float32), kept.astype(np.int64)
 
@@ -365,6 +385,7 @@ def load_m1_recording(
     scaling: str = "max",
     n_directions: int = 8,
     nan_policy: str = "error",
+    training_mask: Callable[[int, int, np.ndarray | None], np.ndarray] | None = None,
     **nwb_options,
 ) -> Recording:
     """Read and preprocess an M1 reaching session into a :class:`Recording`.
@@ -380,6 +401,10 @@ def load_m1_recording(
     nan_policy : {"error", "drop", "interpolate"}
         NaN/Inf in the neural data or velocity: stop, drop the affected trials, or
         interpolate along time (:func:`datamodules.validation.apply_nan_policy`).
+    training_mask : callable, optional
+        ``training_mask(n_trials, n_bins, directions)`` -> ``(trials, bins)`` bool mask of the
+        training bins (the datamodule's split); the preprocessing statistics come from those
+        bins only. None: from every bin.
     **nwb_options
         Passed to :func:`load_nwb` for ``.nwb`` files.
     """
@@ -393,12 +418,14 @@ def load_m1_recording(
     repaired, kept_trials = apply_nan_policy(
         {"neural": data.neural, "vel": data.velocity}, nan_policy, where, single_sequence=False
     )
-    x, kept = preprocess(repaired["neural"], drop_silent_units, scaling, where)
-    extras = {"units_kept": kept}
     velocity = repaired["vel"]
     direction = None if data.direction is None else data.direction[kept_trials]
     if direction is None and velocity is not None and velocity.shape[-1] == 2:
         direction = reach_directions(velocity, n_directions)
+    neural = repaired["neural"]
+    train_mask = None if training_mask is None else training_mask(neural.shape[0], neural.shape[1], direction)
+    x, kept = preprocess(neural, drop_silent_units, scaling, where, train_mask)
+    extras = {"units_kept": kept}
     if direction is not None:
         extras["direction"] = direction
     log.info(
@@ -424,8 +451,9 @@ class MonkeyM1DataModule(RecordingDataModule):
     bin_size_ms, align_event, window_ms, behaviour_key, behaviour_lag_ms, trial_splits, include_heldout
         NWB only, see :func:`load_nwb`.
     **kwargs
-        :class:`RecordingDataModule` settings (``batch_size``, ``split`` — default ``all``, the
-        authors' protocol —, ``nan_policy`` ...).
+        :class:`RecordingDataModule` settings (``batch_size``, ``split`` — default ``trials``:
+        held-out trials stratified by reach direction; ``all`` is the authors' in-sample
+        protocol —, ``nan_policy`` ...).
     """
 
     def __init__(
@@ -443,7 +471,7 @@ class MonkeyM1DataModule(RecordingDataModule):
         include_heldout: bool = True,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("split", "all")
+        kwargs.setdefault("split", "trials")
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
             raise ConfigError(f"datamodule.scaling={scaling!r}: expected one of {SCALINGS}")
@@ -461,7 +489,9 @@ class MonkeyM1DataModule(RecordingDataModule):
         }
 
     def load_recording(self) -> Recording:
-        return load_m1_recording(self.path, **self.options, nan_policy=self.nan_policy, **self.nwb_options)
+        return load_m1_recording(
+            self.path, **self.options, nan_policy=self.nan_policy, training_mask=self.training_mask, **self.nwb_options
+        )
 
     def trial_strata(self, recording: Recording) -> np.ndarray | None:
         return recording.extras.get("direction")

@@ -434,8 +434,13 @@ def preprocess(
     spatial_bin: int = 1,
     bandpass: Sequence[float | None] | None = None,
     zscore: bool = True,
+    train_frames: np.ndarray | None = None,
 ) -> ImagingData:
-    """Binning, band-pass and z-scoring (module docstring); ground truth follows along."""
+    """Binning, band-pass and z-scoring (module docstring); ground truth follows along.
+
+    ``train_frames`` ((frames,) bool, optional): the training frames, whose mean and standard
+    deviation z-score every frame (held-out frames never shape the statistics); None: all frames.
+    """
     traces = np.asarray(data.traces, dtype=np.float64)
     A = None if data.A is None else np.asarray(data.A, dtype=np.float64)
     offset = None if data.offset is None else np.asarray(data.offset, dtype=np.float64)
@@ -467,7 +472,8 @@ def preprocess(
             offset = np.zeros_like(offset)  # a band-pass removes constants
         notes.append(f"band-pass {list(bandpass)} Hz")
     if zscore:
-        mean, std = traces.mean(axis=0), traces.std(axis=0)
+        fitted = traces if train_frames is None else traces[np.asarray(train_frames, dtype=bool)]
+        mean, std = fitted.mean(axis=0), fitted.std(axis=0)
         constant = std == 0
         if constant.any():
             log.warning("%s: %d constant channels are centred but not scaled", data.source, int(constant.sum()))
@@ -648,7 +654,8 @@ class MouseVoltageDataModule(RecordingDataModule):
 
     def load_recording(self) -> Recording:
         data = check_imaging(self.load_imaging(), self.nan_policy)
-        data = preprocess(data, self.spatial_bin, self.bandpass, self.zscore)
+        train_frames = self.training_mask(1, data.traces.shape[0])[0]
+        data = preprocess(data, self.spatial_bin, self.bandpass, self.zscore, train_frames)
         log.info(
             "%s: %d frames x %d channels%s; %s",
             data.source,

@@ -93,6 +93,25 @@ def require_non_negative(key: str, value: Any, what: str, integer: bool = False)
         raise ConfigError(f"{key}={shown(value)}: expected {what} ({kind} >= 0)")
 
 
+def check_split_fractions(val_fraction: Any, test_fraction: Any) -> None:
+    """``datamodule.val_fraction`` and ``test_fraction``: each a number in (0, 1), together below 1.
+
+    Raises
+    ------
+    ConfigError
+        ``datamodule.val_fraction=-0.1: expected a share of the data in (0, 1)``.
+    """
+    for key, value in (("datamodule.val_fraction", val_fraction), ("datamodule.test_fraction", test_fraction)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not 0 < value < 1:
+            raise ConfigError(f"{key}={value!r}: expected a share of the data in (0, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"datamodule.val_fraction={val_fraction} + datamodule.test_fraction={test_fraction} = "
+            f"{val_fraction + test_fraction:g}: expected below 1, leaving training data"
+        )
+
+
 def require_choice(key: str, value: Any, choices: Sequence[str]) -> None:
     """``value`` of ``key`` must be one of ``choices``.
 
@@ -188,7 +207,8 @@ class DataModuleSettings:
     split : {"even_odd", "trials", "all", "blocks"}
         How the bins are divided into train / val / test (see ``RecordingDataModule``).
     val_fraction, test_fraction : float
-        Shares of the ``trials`` and ``blocks`` splits.
+        Shares of the ``trials`` and ``blocks`` splits (each in (0, 1), together below 1);
+        ``val_fraction`` is also the share of the even bins that validate under ``even_odd``.
     split_seed : int
         Seed of the ``trials`` split.
     history : int
@@ -218,6 +238,7 @@ class DataModuleSettings:
     def __post_init__(self) -> None:
         require_positive("datamodule.batch_size", self.batch_size, "the minibatch size", integer=True)
         require_choice("datamodule.split", self.split, SPLITS)
+        check_split_fractions(self.val_fraction, self.test_fraction)
         check_nan_policy(self.nan_policy)
 
     @classmethod
@@ -275,7 +296,7 @@ class MonkeyM1Settings(DataModuleSettings):
     """``conf/datamodule/monkey_m1.yaml``: :class:`datamodules.monkey_m1.MonkeyM1DataModule`."""
 
     _target_: str = "datamodules.monkey_m1.MonkeyM1DataModule"
-    split: str = "all"
+    split: str = "trials"
     path: str | None = None
     drop_silent_units: bool = True
     scaling: str = "max"

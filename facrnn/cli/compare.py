@@ -3,9 +3,9 @@
 For every training run found under the given directories (any folder holding
 ``config.yaml`` and ``checkpoints/``), this
 
-1. evaluates the run if it has no ``metrics.json`` yet;
+1. evaluates the run unless it holds metrics of the same evaluation (see below);
 2. for runs of the ``--posthoc-from`` method (``lrrnn``), computes the post-hoc baselines
-   ``lrrnn_ica`` and ``lint`` (:mod:`facrnn.evaluation.posthoc`) if not done yet;
+   ``lrrnn_ica`` and ``lint`` (:mod:`facrnn.evaluation.posthoc`) likewise;
 3. runs the permutation analysis (:mod:`facrnn.evaluation.permutation`) of every run and variant;
 4. writes ``results.csv`` (one row per run: method, seed, dataset, every metric),
    ``summary.md`` (mean ± SE per method and metric, paired t-tests of the reference method
@@ -13,9 +13,19 @@ For every training run found under the given directories (any folder holding
    (default ``FIRST_DIR/comparison``); with ``--markdown PATH`` also a results page with
    its figures in ``PATH``'s folder (``docs/results.md`` -> ``docs/results/``).
 
-Everything it computes is cached in the run directories (``metrics.json``,
-``posthoc_<kind>/metrics.json``, ``permutation.json``), so a rerun only redoes what is
-missing or older than the run's checkpoint (``--force`` redoes everything).
+Everything it computes is cached in the run directories: the metrics of one split and
+checkpoint in :meth:`RunDir.metrics_path` (``metrics.json`` for test/best,
+``metrics_<split>_<checkpoint>.json`` otherwise; ``posthoc_<kind>/`` likewise), the permutation
+analysis in ``permutation.json`` (``permutation_<split>_<checkpoint>.json``). A stored file is
+reused only if its provenance record (:mod:`facrnn.runs.provenance`) has the same
+:func:`~facrnn.runs.provenance.evaluation_key` as the evaluation asked for (split, checkpoint
+file and epoch, ``n_mc``, seeds, rollout settings, config hash, package version) and it is not
+older than the checkpoint; anything else (``--force`` too) is computed again.
+
+Runs are grouped into methods by their configuration without the seed
+(:func:`comparable_config`): runs of one method (``model.name``) whose configurations differ
+get one row each, named by the differing keys (``facrnn[model.beta=1.18]``,
+:func:`config_labels`); differing datamodule settings label the data set instead.
 """
 
 from __future__ import annotations
@@ -40,9 +50,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
+from facrnn.cli.errors import exit_on_error
+from facrnn.errors import CheckpointNotFoundError
 from facrnn.evaluation.posthoc import POSTHOC_METHODS
 from facrnn.evaluation.settings import EvalSettings
-from facrnn.runs.run_dir import RunDir
+from facrnn.runs.provenance import evaluation_key, experiment_config
+from facrnn.runs.run_dir import RunDir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +84,25 @@ BOX_METRICS = (
 )
 # Per-horizon series (rollout_r2_k1, ...) stay in results.csv but not in the markdown tables.
 SERIES_METRIC = re.compile(r".*_k\d+$")
+# Config keys (dotted) that differ between runs of one experiment by run identity only; the
+# launch keys (facrnn.runs.provenance.LAUNCH_KEYS) are already left out by experiment_config.
+IDENTITY_KEYS = ("seed", "model.seed", "optimized_metric", "hparams_search", "replica_of")
+# Config paths whose resolved values differ from run to run (or machine to machine): string
+# values under them are written back as an interpolation, so that they compare equal. A replica
+# of a model.replicas run (replica_of: its training job) keeps the job's directories.
+RUN_PATHS = {
+    "paths.output_dir": "${paths.output_dir}",
+    "replica_of": "${paths.output_dir}",
+    "paths.root_dir": "${paths.root_dir}",
+}
+# Shown for a key a run's config does not have, in a method or data set label.
+UNSET = "unset"
 
 __all__ = [
     "RunVariant",
     "collect",
+    "comparable_config",
+    "config_labels",
     "discover_runs",
     "main",
     "method_name",
@@ -99,6 +127,11 @@ class RunVariant:
     permutation: dict[str, Any] | None = None
 
     @property
+    def base_method(self) -> str:
+        """``method`` without its configuration label: ``facrnn`` for ``facrnn[model.beta=1.18]``."""
+        return base_method(self.method)
+
+    @property
     def files(self) -> RunDir:
         """The directory of this variant's ``metrics.json`` and ``permutation.json``: the run's
         own, or its ``posthoc_<kind>`` directory."""
@@ -119,7 +152,10 @@ def discover_runs(directories: Iterable[str | Path]) -> list[Path]:
     for directory in directories:
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: not a directory; expected a sweep (multirun) directory")
+            problem = "not a directory" if directory.exists() else "no such directory"
+            raise CheckpointNotFoundError(
+                f"{directory}: {problem}; expected a sweep (multirun) directory or a run directory written by train.py"
+            )
         for run in RunDir.runs_under(directory):
             if run.is_plain_run():
                 runs.add(run.path.resolve())
@@ -144,8 +180,121 @@ def dataset_name(datamodule_cfg: DictConfig | dict) -> str:
     return name
 
 
+def base_method(method: str) -> str:
+    """A method name without its configuration label: ``facrnn[model.beta=1.18]`` -> ``facrnn``."""
+    return method.split("[", 1)[0]
+
+
 def method_sort_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """Methods of :data:`METHOD_ORDER` first (labelled ones after their base), then the others alphabetically."""
+    base = base_method(method)
+    return (METHOD_ORDER.index(base), method) if base in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _canonical(value: Any) -> Any:
+    """A config leaf as compared between runs: numbers as float (``1`` equals ``1.0``), lists as JSON."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"model.beta": ...}``; lists stay leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def comparable_config(cfg: DictConfig | dict) -> dict[str, Any]:
+    """What a run trained, flattened to dotted keys, without what only identifies the run.
+
+    :func:`facrnn.runs.provenance.experiment_config` (the resolved config without launch
+    keys) minus :data:`IDENTITY_KEYS` (the seed, ...); string values under the run's own
+    directories (:data:`RUN_PATHS`: ``trainer.default_root_dir``, the checkpoint directory,
+    the data cache) are written back as ``${paths.output_dir}/...`` or ``${paths.root_dir}/...``,
+    so that runs of one sweep, replicas of a ``model.replicas`` run, and runs of sweeps on
+    different machines compare equal. Numbers are compared as floats.
+
+    Parameters
+    ----------
+    cfg : DictConfig or dict
+        A run's ``config.yaml``.
+
+    Returns
+    -------
+    dict
+        Dotted key -> canonical value (:func:`_canonical`).
+    """
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    resolved = _flatten(container)
+    prefixes = sorted(
+        ((str(resolved[key]).rstrip("/"), token) for key, token in RUN_PATHS.items() if isinstance(resolved.get(key), str)),
+        key=lambda item: -len(item[0]),
+    )
+    prefixes = [(path, token) for path, token in prefixes if path]
+
+    def unrun(value: Any) -> Any:
+        if isinstance(value, str):
+            for path, token in prefixes:
+                if value == path or value.startswith(path + "/"):
+                    return token + value[len(path) :]
+        return value
+
+    flat = _flatten(experiment_config(container))
+    return {key: _canonical(unrun(value)) for key, value in flat.items() if key not in IDENTITY_KEYS}
+
+
+_MISSING = object()
+
+
+def _value_label(value: Any, digits: int) -> str:
+    if value is _MISSING:
+        return UNSET
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.{digits}g}"
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def _format_values(values: Sequence[Any]) -> list[str]:
+    """Labels of one key's values: whole numbers as integers, other numbers with the fewest
+    significant digits (at least 3) that keep distinct values distinct, the rest as written."""
+    distinct = {value for value in values if isinstance(value, float)}
+    digits = 3
+    while digits < 17 and len({_value_label(value, digits) for value in distinct}) < len(distinct):
+        digits += 1
+    return [_value_label(value, digits) for value in values]
+
+
+def config_labels(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Labels telling apart the runs of one method by how their configs differ.
+
+    Parameters
+    ----------
+    configs : sequence of dict
+        :func:`comparable_config` of each run (of one method, one data set).
+
+    Returns
+    -------
+    list of str
+        ``""`` for every run when all configs agree; else, for each run, its values of the
+        keys that differ between the runs, ``[model.beta=1.18]`` (keys sorted, comma-separated;
+        ``unset`` for a key a run does not have). Runs with equal configs get equal labels.
+    """
+    keys = sorted(set().union(*configs)) if configs else []
+    differing = [key for key in keys if len({repr(config.get(key, _MISSING)) for config in configs}) > 1]
+    if not differing:
+        return [""] * len(configs)
+    columns = {key: _format_values([config.get(key, _MISSING) for config in configs]) for key in differing}
+    return ["[" + ",".join(f"{key}={columns[key][i]}" for key in differing) + "]" for i in range(len(configs))]
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -185,10 +334,73 @@ def posterior_means(model: Any, tensors: dict[str, torch.Tensor]) -> np.ndarray:
         return model.encode(tensors["encoder_input"]).double().numpy()
 
 
+def expected_key(variant: RunVariant, settings: EvalSettings, run_record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :func:`~facrnn.runs.provenance.evaluation_key` that metrics of ``variant`` scored with
+    ``settings`` carry (:func:`facrnn.runs.pipeline.expected_provenance`, plus ``posthoc`` for a
+    post-hoc variant), as stored in JSON.
+
+    Parameters
+    ----------
+    variant : RunVariant
+    settings : EvalSettings
+    run_record : dict, optional
+        ``expected_provenance`` of the training run, when already read (it reads the checkpoint).
+    """
+    if run_record is None:
+        from facrnn.runs.pipeline import expected_provenance
+
+        run_record = expected_provenance(variant.run_dir, settings)
+    record = run_record if variant.kind is None else {**run_record, "posthoc": variant.kind}
+    return json.loads(json.dumps(evaluation_key(record), default=str))
+
+
+def _differing_fields(expected: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    return sorted(key for key in set(expected) | set(stored) if expected.get(key) != stored.get(key))
+
+
+def outdated_reason(
+    stored: tuple[dict[str, Any], dict[str, Any]] | None, path: Path, expected: dict[str, Any], not_before: float
+) -> str | None:
+    """Why stored metrics cannot be reused, or None when they can.
+
+    Parameters
+    ----------
+    stored : (metrics, provenance) or None
+        :meth:`RunDir.read_metrics` of the evaluation asked for.
+    path : Path
+        The file they were read from.
+    expected : dict
+        :func:`expected_key` of the evaluation asked for.
+    not_before : float
+        Modification time of the checkpoint: older metrics belong to an earlier state of the run.
+    """
+    if stored is None:
+        return "not evaluated yet"
+    provenance = stored[1]
+    if not provenance:
+        return "no provenance record (written by an older version)"
+    differing = _differing_fields(expected, evaluation_key(provenance))
+    if differing:
+        return f"measured with other {', '.join(differing)}"
+    if path.stat().st_mtime < not_before:
+        return "older than the checkpoint"
+    return None
+
+
 def ensure_scored(
-    variant: RunVariant, data: DataCache, config: DictConfig, settings: EvalSettings, force: bool = False
+    variant: RunVariant,
+    data: DataCache,
+    config: DictConfig,
+    settings: EvalSettings,
+    force: bool = False,
+    expected: dict[str, Any] | None = None,
 ) -> None:
     """Fill ``variant.metrics`` and ``variant.permutation``, computing and caching what is missing.
+
+    Stored metrics (:meth:`RunDir.metrics_path` of ``settings.split`` and ``settings.checkpoint``)
+    are reused when :func:`outdated_reason` finds nothing against them; the permutation
+    analysis (:meth:`RunDir.permutation_path`) when it records the evaluation key of those metrics
+    and is not older than them.
 
     Parameters
     ----------
@@ -199,44 +411,101 @@ def ensure_scored(
     config : DictConfig
         The run's ``config.yaml``.
     settings : EvalSettings
-        How a missing or outdated ``metrics.json`` is computed.
+        How missing or outdated metrics are computed.
     force : bool
         Recompute even what is cached and up to date.
+    expected : dict, optional
+        :func:`expected_key` of ``variant`` and ``settings``, when already known.
     """
     from facrnn.evaluation.permutation import permutation_analysis
-    from facrnn.runs.pipeline import evaluate_posthoc, evaluate_run
+    from facrnn.runs import pipeline
 
-    metrics_path = variant.files.metrics_file
-    permutation_path = variant.files.permutation_file
-    checkpoint_time = RunDir(variant.run_dir).find_checkpoint(settings.checkpoint).stat().st_mtime
-
-    def outdated(path: Path) -> bool:
-        """Missing, or older than the checkpoint (the run was still training, or was retrained)."""
-        return force or not path.is_file() or path.stat().st_mtime < checkpoint_time
+    files = variant.files
+    split, checkpoint = settings.split, settings.checkpoint
+    metrics_path = files.metrics_path(split, checkpoint)
+    permutation_file = files.permutation_path(split, checkpoint)
+    checkpoint_time = RunDir(variant.run_dir).find_checkpoint(checkpoint).stat().st_mtime
+    expected = expected if expected is not None else expected_key(variant, settings)
 
     datamodule = None
-    if outdated(metrics_path):
+    stored = files.read_metrics(split, checkpoint)
+    reason = "--force" if force else outdated_reason(stored, metrics_path, expected, checkpoint_time)
+    if reason is not None:
+        log.info("%s: evaluating (%s)", metrics_path, reason)
         datamodule = data.get(config.datamodule)
         if variant.kind is None:
-            evaluate_run(variant.run_dir, settings, datamodule=datamodule)
+            pipeline.evaluate_run(variant.run_dir, settings, datamodule=datamodule)
         else:
-            evaluate_posthoc(variant.run_dir, variant.kind, settings, datamodule=datamodule)
-    variant.metrics = json.loads(metrics_path.read_text())
-    if outdated(permutation_path) or permutation_path.stat().st_mtime < metrics_path.stat().st_mtime:
+            pipeline.evaluate_posthoc(variant.run_dir, variant.kind, settings, datamodule=datamodule)
+    stored = files.read_metrics(split, checkpoint)
+    if stored is None:
+        raise RuntimeError(f"{metrics_path}: not written by the evaluation of {variant.run_dir}")
+    variant.metrics, provenance = stored
+    measured = json.loads(json.dumps(evaluation_key(provenance), default=str))
+    if reason is not None and _differing_fields(expected, measured):
+        log.warning(
+            "%s: its provenance differs from the expected one in %s; it will be evaluated again on every call",
+            metrics_path,
+            ", ".join(_differing_fields(expected, measured)),
+        )
+
+    cached = json.loads(permutation_file.read_text()) if permutation_file.is_file() and not force else None
+    if (
+        cached is None
+        or cached.get(RunDir.PROVENANCE) != measured
+        or permutation_file.stat().st_mtime < metrics_path.stat().st_mtime
+    ):
         datamodule = datamodule or data.get(config.datamodule)
-        tensors = datamodule.split_tensors(settings.split)
+        tensors = datamodule.split_tensors(split)
         true_sizes = datamodule.recording.group_sizes
         if "latents" not in tensors or true_sizes is None:
             permutation = {"partitions": [], "scores": []}
         else:
-            model = load_variant_model(variant, datamodule, settings.checkpoint, settings.seed)
+            model = load_variant_model(variant, datamodule, checkpoint, settings.seed)
             true_latents = tensors["latents"].double().numpy()
             if true_latents.shape[1] != model.latent_dim:
                 permutation = {"partitions": [], "scores": []}
             else:
                 permutation = permutation_analysis(true_latents, posterior_means(model, tensors), true_sizes).to_dict()
-        permutation_path.write_text(json.dumps(permutation) + "\n")
-    variant.permutation = json.loads(permutation_path.read_text())
+        cached = {RunDir.PROVENANCE: measured, **permutation}
+        write_text_atomic(permutation_file, json.dumps(cached) + "\n")
+    variant.permutation = {key: value for key, value in cached.items() if key != RunDir.PROVENANCE}
+
+
+def name_runs(configs: dict[Path, DictConfig]) -> dict[Path, tuple[str, str]]:
+    """Method and data set names of runs, from their configs.
+
+    The data set is :func:`dataset_name`, labelled by :func:`config_labels` of the ``datamodule``
+    settings where runs of that name differ in them; the method is :func:`method_name`,
+    labelled by the other settings where runs of that name and data set differ in them
+    (``facrnn[model.beta=1.18]``). Settings are compared by :func:`comparable_config`, so
+    runs that differ only by seed share a name.
+
+    Parameters
+    ----------
+    configs : dict Path -> DictConfig
+        ``config.yaml`` of each run.
+
+    Returns
+    -------
+    dict Path -> (method, dataset)
+    """
+    comparable = {run: comparable_config(cfg) for run, cfg in configs.items()}
+    by_dataset: dict[str, list[Path]] = defaultdict(list)
+    for run, cfg in configs.items():
+        by_dataset[dataset_name(cfg.datamodule)].append(run)
+    datasets: dict[Path, str] = {}
+    for name, members in by_dataset.items():
+        data_settings = [{k: v for k, v in comparable[run].items() if k.startswith("datamodule.")} for run in members]
+        datasets.update((run, name + label) for run, label in zip(members, config_labels(data_settings)))
+    by_method: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for run, cfg in configs.items():
+        by_method[datasets[run], method_name(cfg.model)].append(run)
+    names: dict[Path, tuple[str, str]] = {}
+    for (dataset, name), members in by_method.items():
+        settings = [{k: v for k, v in comparable[run].items() if not k.startswith("datamodule.")} for run in members]
+        names.update((run, (name + label, dataset)) for run, label in zip(members, config_labels(settings)))
+    return names
 
 
 def collect(
@@ -256,44 +525,56 @@ def collect(
     settings : EvalSettings
         How runs without (up-to-date) metrics are scored.
     posthoc_from : str
-        The method whose runs (linear encoder and decoder) get post-hoc variants.
+        The method (``model.name``) whose runs (linear encoder and decoder) get post-hoc variants.
     posthoc_kinds : sequence of str
         The post-hoc variants computed (``ica``, ``svd``).
     force : bool
         Re-score everything.
     progress : bool
         Show a progress bar.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        A directory does not exist, or none holds a training run.
     """
     runs = discover_runs(directories)
     if not runs:
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"{', '.join(map(str, directories))}: no training runs found; expected folders with config.yaml and checkpoints/"
         )
+    from facrnn.runs.pipeline import expected_provenance
+
     data = DataCache()
+    configs = {run_dir: OmegaConf.load(RunDir(run_dir).config_file) for run_dir in runs}
+    names = name_runs(configs)
     todo: list[tuple[RunVariant, DictConfig]] = []
-    for run_dir in runs:
-        config = OmegaConf.load(RunDir(run_dir).config_file)
-        method = method_name(config.model)
-        base = RunVariant(run_dir, method, int(config.get("seed", 0)), dataset_name(config.datamodule))
+    for run_dir, config in configs.items():
+        method, dataset = names[run_dir]
+        base = RunVariant(run_dir, method, int(config.get("seed", 0)), dataset)
         todo.append((base, config))
         linear = "mlp" not in (config.model.get("encoder", "linear"), config.model.get("decoder", "linear"))
-        if method == posthoc_from and linear:
+        if base.base_method == posthoc_from and linear:
+            label = method[len(base.base_method) :]
             for kind in posthoc_kinds:
-                todo.append((RunVariant(run_dir, POSTHOC_METHODS[kind], base.seed, base.dataset, kind=kind), config))
+                todo.append((RunVariant(run_dir, POSTHOC_METHODS[kind] + label, base.seed, dataset, kind=kind), config))
     variants = []
     iterator: Iterable = todo
     if progress:
         from rich.progress import track
 
         iterator = track(todo, description="scoring runs", transient=True)
+    records: dict[Path, dict[str, Any]] = {}
     for variant, config in iterator:
         torch.manual_seed(settings.seed)
         try:
-            RunDir(variant.run_dir).find_checkpoint(settings.checkpoint)
-        except FileNotFoundError as error:  # no checkpoint yet: a run that is still starting
+            if variant.run_dir not in records:
+                records[variant.run_dir] = expected_provenance(variant.run_dir, settings)
+        except CheckpointNotFoundError as error:  # no checkpoint yet: a run that is still starting
             log.warning("%s: skipped (%s)", variant.run_dir, error)
             continue
-        ensure_scored(variant, data, config, settings, force=force)
+        expected = expected_key(variant, settings, records[variant.run_dir])
+        ensure_scored(variant, data, config, settings, force=force, expected=expected)
         variants.append(variant)
     return variants
 
@@ -744,7 +1025,7 @@ def sweep_commands(variants: Sequence[RunVariant]) -> list[str]:
         overrides = [item for item in overrides if item.split("=")[0] not in ("model", "seed")]
         common = overrides if common is None else [item for item in common if item in overrides]
         seeds.add(int(OmegaConf.load(RunDir(origin).config_file).get("seed", 0)))
-    methods = sorted({v.method for v in trained}, key=method_sort_key)
+    methods = sorted({v.base_method for v in trained}, key=method_sort_key)
     if not trained or any(m.endswith("_mlp") for m in methods):
         return []
     sweep = [
@@ -767,7 +1048,20 @@ def sweep_commands(variants: Sequence[RunVariant]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a bad argument or run directory ends with ``error: <message>`` and exit status 1.
+
+    Raises
+    ------
+    SystemExit
+        After a :class:`~facrnn.errors.FacRNNError` (:func:`facrnn.cli.errors.exit_on_error`) or bad usage.
+    """
     options = parse_args(argv)
+    with exit_on_error():
+        return run_compare(options, argv)
+
+
+def run_compare(options: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Score, tabulate and draw what ``options`` (:func:`parse_args`) ask for; ``argv`` goes into the summary's commands."""
     settings = eval_settings(options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(options.threads)
@@ -779,6 +1073,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.sweep_dirs, settings, posthoc_from=options.posthoc_from, posthoc_kinds=options.posthoc, force=options.force
     )
     rows = [variant_row(variant) for variant in sorted(variants, key=lambda v: (v.dataset, method_sort_key(v.method), v.seed))]
+    methods = methods_of(rows)
+    if options.reference not in methods:
+        log.warning(
+            "--reference %s: no such method, so no paired t-tests; the methods are %s", options.reference, ", ".join(methods)
+        )
     results = write_results_csv(rows, out_dir / RESULTS_FILE)
     figures = (
         {}

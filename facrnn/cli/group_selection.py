@@ -52,7 +52,7 @@ SELECTION_METRICS = (
     "group_latent_r2",
 )
 
-__all__ = ["grouping_label", "render_selection_markdown", "selection_rows", "summarise_by_grouping"]
+__all__ = ["grouping_label", "plot_selection", "render_selection_markdown", "selection_rows", "summarise_by_grouping"]
 
 
 def grouping_label(group_sizes: Sequence[int]) -> str:
@@ -174,23 +174,24 @@ def render_selection_markdown(summary: dict[str, dict[str, tuple[float, float, i
 
 
 def plot_selection(summary: dict[str, dict[str, tuple[float, float, int]]], path: str | Path) -> Path:
-    """One panel per metric: mean ± SE against the grouping."""
+    """One panel per metric: mean ± SE against the grouping (a PNG, :func:`facrnn.plots.save.save_figure`)."""
     from matplotlib.figure import Figure
+
+    from facrnn.plots.save import save_figure
 
     metrics = [m for m in SELECTION_METRICS if any(m in entry for entry in summary.values())]
     labels = list(summary)
-    fig = Figure(figsize=(3.2 * len(metrics), 3.2), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(metrics), 3.4), layout="constrained")
     for index, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), index + 1)
         means = [summary[label].get(metric, (np.nan, np.nan, 0))[0] for label in labels]
         errors = [summary[label].get(metric, (np.nan, np.nan, 0))[1] for label in labels]
         ax.errorbar(range(len(labels)), means, yerr=np.nan_to_num(errors), marker="o", capsize=3)
         ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize="x-small")
+        ax.set_xlabel("grouping", fontsize="small")
+        ax.set_ylabel(f"{metric} (mean ± SE)", fontsize="small")
         ax.set_title(metric, fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,8 @@ class Evaluation:
     group_matching: list[tuple[int, int]] | None = None
     dynamics: Any = None  # facrnn.evaluation.dynamics.DynamicsResult when the rollout measures ran
     behaviour: BehaviourEvaluation | None = None
+    #: what was measured how, set when a run's evaluation is written (facrnn/runs/provenance.py)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def split_connectivity(A: np.ndarray, B: np.ndarray, group_sizes: list[int]) -> np.ndarray:

@@ -77,9 +77,10 @@ def plot_reach_trajectories(
     left.set_title("hand position (cumulative velocity)", fontsize="medium")
     _trajectories(right, aligned, trial, time, colours)
     right.set_title("integrated latents, aligned group-wise", fontsize="medium")
-    for ax in (left, right):
-        ax.set_xlabel("x")
-    left.set_ylabel("y")
+    left.set_xlabel("hand position x")
+    left.set_ylabel("hand position y")
+    right.set_xlabel("aligned latents, x")
+    right.set_ylabel("aligned latents, y")
     if direction is not None:
         for index, label in enumerate(labels):
             right.plot([], [], color=cmap(index / len(labels)), label=f"direction {label}")

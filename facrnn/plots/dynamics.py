@@ -70,7 +70,7 @@ def plot_attractors(
     """Per latent group: the states the data visit beside those the free-running model visits.
 
     Groups of 3 or more dimensions are drawn in 3-D (first three), of 2 in the plane, of 1
-    as a time series.
+    as a time series; axes are named by their latent (``z1``, ``z2``, ...).
 
     Parameters
     ----------
@@ -90,15 +90,22 @@ def plot_attractors(
             columns = range(part.start, part.start + 3)
             for states, colour, label in ((encoded, "C0", "data (encoded)"), (generated, "C3", "generated")):
                 ax.plot(*(states[:, c] for c in columns), color=colour, linewidth=0.6, alpha=0.8, label=label)
+            ax.set_xlabel(f"z{part.start + 1}")
+            ax.set_ylabel(f"z{part.start + 2}")
+            ax.set_zlabel(f"z{part.start + 3}")
+            ax.set_box_aspect(None, zoom=0.85)  # constrained layout ignores 3-D labels: keep z's inside
         elif size == 2:
             ax = fig.add_subplot(1, len(parts), index + 1)
             for states, colour, label in ((encoded, "C0", "data (encoded)"), (generated, "C3", "generated")):
                 ax.plot(states[:, part.start], states[:, part.start + 1], color=colour, linewidth=0.6, label=label)
+            ax.set_xlabel(f"z{part.start + 1}")
+            ax.set_ylabel(f"z{part.start + 2}")
         else:
             ax = fig.add_subplot(1, len(parts), index + 1)
             for states, colour, label in ((encoded, "C0", "data (encoded)"), (generated, "C3", "generated")):
                 ax.plot(states[:, part.start], color=colour, linewidth=0.8, label=label)
-            ax.set_xlabel("bin")
+            ax.set_xlabel("time bin")
+            ax.set_ylabel(f"z{part.start + 1}")
         ax.set_title(f"group {index + 1} (z{part.start + 1}..z{part.stop})", fontsize="small")
         if index == 0:
             ax.legend(fontsize="x-small")

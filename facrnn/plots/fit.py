@@ -15,16 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the '3d' projection)
 
 from facrnn.core.grouping import group_slices
 from facrnn.plots.save import save_figure
 
 TRUE_LABEL = "true"
-ESTIMATE_LABEL = "FacRNN estimate"
+ESTIMATE_LABEL = "learned (aligned)"
+# True and learned latents differ in hue family and line style; within a family, one shade per dimension.
+TRUE_CMAP = "Blues"
+ESTIMATE_CMAP = "Oranges"
+TRUE_STYLE = {"linestyle": "-", "linewidth": 1.4}
+ESTIMATE_STYLE = {"linestyle": "--", "linewidth": 1.2}
 CONNECTIVITY_CMAP = "RdBu_r"
 # Panel order of the training curves; other logged terms follow alphabetically.
 LOSS_TERM_ORDER = ("loss", "nll", "kl", "partial_corr", "overlap")
@@ -46,21 +51,23 @@ def _check_group_sizes(group_sizes: Sequence[int], total: int, name: str, what: 
 # --------------------------------------------------------------------------- latents
 
 
+def _shades(cmap: str, n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinct dark-to-mid shades of ``cmap`` (dark first; never the near-white end)."""
+    colours = colormaps[cmap]
+    return [colours(value) for value in np.linspace(0.9, 0.5, n)] if n > 1 else [colours(0.8)]
+
+
 def _time_series_panel(ax: Axes, true: np.ndarray, estimate: np.ndarray, columns: range, title: str) -> None:
-    """True (solid) and estimate (dashed) of ``columns``, one colour per dimension."""
+    """True (blue shades, solid) and estimate (orange shades, dashed) of ``columns``, one shade per dimension."""
     time = np.arange(true.shape[0])
-    handles = []
+    true_colours, estimate_colours = _shades(TRUE_CMAP, len(columns)), _shades(ESTIMATE_CMAP, len(columns))
     for i, column in enumerate(columns):
-        colour = f"C{i % 10}"
-        ax.plot(time, true[:, column], color=colour, linestyle="-", linewidth=1.2)
+        ax.plot(time, true[:, column], color=true_colours[i], label=f"{TRUE_LABEL} z{column + 1}", **TRUE_STYLE)
         if not np.all(np.isnan(estimate[:, column])):
-            ax.plot(time, estimate[:, column], color=colour, linestyle="--", linewidth=1.2)
-        handles.append(Line2D([], [], color=colour, linestyle="-", label=f"z{column + 1}"))
-    handles += [
-        Line2D([], [], color="0.3", linestyle="-", label=TRUE_LABEL),
-        Line2D([], [], color="0.3", linestyle="--", label=ESTIMATE_LABEL),
-    ]
-    ax.legend(handles=handles, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+            ax.plot(
+                time, estimate[:, column], color=estimate_colours[i], label=f"{ESTIMATE_LABEL} z{column + 1}", **ESTIMATE_STYLE
+            )
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel("time bin")
     ax.set_ylabel("latent")
     ax.set_title(title, fontsize="medium")
@@ -71,8 +78,8 @@ def _state_space_panel(fig: Figure, spec, true: np.ndarray, estimate: np.ndarray
     has_estimate = not np.any(np.all(np.isnan(estimate[:, columns.start : columns.stop]), axis=0))
     shown = list(columns)[:3]
     labels = [f"z{column + 1}" for column in shown]
-    style_true = {"color": "C0", "linestyle": "-", "linewidth": 1.0, "label": TRUE_LABEL}
-    style_est = {"color": "C3", "linestyle": "--", "linewidth": 1.0, "label": ESTIMATE_LABEL}
+    style_true = {**TRUE_STYLE, "color": _shades(TRUE_CMAP, 1)[0], "linewidth": 1.0, "label": TRUE_LABEL}
+    style_est = {**ESTIMATE_STYLE, "color": _shades(ESTIMATE_CMAP, 1)[0], "linewidth": 1.0, "label": ESTIMATE_LABEL}
     if len(shown) == 3:
         ax = fig.add_subplot(spec, projection="3d")
         ax.plot(*(true[:, c] for c in shown), **style_true)
@@ -114,9 +121,10 @@ def plot_latents(
 ) -> Path:
     """True latents beside the aligned model estimate, one row per true group.
 
-    Each row has a time-series panel (true solid, estimate dashed, one colour per
-    dimension) and a state-space panel: 3-D for a group of 3 dimensions (the first
-    3 for larger groups), 2-D for 2, a time series for 1. Estimate columns that are
+    Each row has a time-series panel and a state-space panel: 3-D for a group of 3
+    dimensions (the first 3 for larger groups), 2-D for 2, a time series for 1. True
+    traces are solid in shades of blue, learned ones dashed in shades of orange (one
+    shade per dimension), each named in the panel's legend. Estimate columns that are
     all NaN (a true group left unmatched by the alignment) are not drawn.
 
     Parameters
@@ -171,6 +179,94 @@ def plot_latents(
             row_title += ": no matched estimate"
         _time_series_panel(fig.add_subplot(grid[g, 0]), true, estimate, columns, row_title)
         _state_space_panel(fig, grid[g, 1], true, estimate, columns)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _with_breaks(time: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``time`` and ``values`` (n, ...) with a NaN row inserted wherever time does not increase
+    (the start of the next trial), so that one line never joins two trials."""
+    breaks = np.flatnonzero(np.diff(time) <= 0) + 1
+    if breaks.size == 0:
+        return time, values
+    gap = np.full((1, *values.shape[1:]), np.nan)
+    time_parts = np.split(time, breaks)
+    value_parts = np.split(values, breaks)
+    time_out = np.concatenate([np.concatenate([part, [np.nan]]) for part in time_parts])[:-1]
+    values_out = np.concatenate([np.concatenate([part, gap]) for part in value_parts])[:-1]
+    return time_out, values_out
+
+
+def plot_posterior_latents(
+    latents: np.ndarray,
+    group_sizes: Sequence[int],
+    path: str | os.PathLike,
+    title: str = "",
+    time: np.ndarray | None = None,
+    max_bins: int = 500,
+    time_label: str = "time bin",
+) -> Path:
+    """Posterior means over time, one panel per latent group: the latents figure of data
+    without ground truth.
+
+    Each latent has its own colour (``C0``, ``C1``, ... by its index in ``z``) and is named in
+    its panel's legend; every panel spans the same bins.
+
+    Parameters
+    ----------
+    latents : np.ndarray
+        ``(n, K)`` posterior means, bins in time order.
+    group_sizes : sequence of int
+        The model's group sizes ``[H_1, ..., H_G]``, summing to ``K``.
+    path : str or os.PathLike
+        PNG to write (parent folders are created).
+    title : str
+        Figure title; none when empty.
+    time : np.ndarray, optional
+        ``(n,)`` time of every bin (e.g. the bin index within its trial); a line is broken
+        wherever it does not increase, so trials are not joined. Default: ``0 .. n-1``.
+    max_bins : int
+        Only the first ``max_bins`` bins are drawn.
+    time_label : str
+        Label of the time axis.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``latents`` is not a non-empty 2-D array, ``group_sizes`` does not sum to ``K``,
+        ``time`` has not one entry per bin, or ``max_bins`` is not positive.
+    """
+    values = np.asarray(latents, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"latents has shape {values.shape}: expected 2-D (n, K) with at least one bin")
+    sizes = _check_group_sizes(group_sizes, values.shape[1], "group_sizes", f"latents {values.shape}")
+    if time is None:
+        times = np.arange(values.shape[0], dtype=np.float64)
+    else:
+        times = np.asarray(time, dtype=np.float64).ravel()
+        if times.shape != (values.shape[0],):
+            raise ValueError(f"time has shape {np.shape(time)}: expected ({values.shape[0]},), one entry per bin of latents")
+    if int(max_bins) < 1:
+        raise ValueError(f"max_bins={max_bins}: expected a positive integer")
+    times, values = _with_breaks(times[: int(max_bins)], values[: int(max_bins)])
+
+    fig = Figure(figsize=(9.0, 2.4 * len(sizes) + 0.6), layout="constrained")
+    axes = fig.subplots(len(sizes), 1, squeeze=False)[:, 0]
+    for g, (ax, part) in enumerate(zip(axes, group_slices(sizes))):
+        for column in range(part.start, part.stop):
+            ax.plot(times, values[:, column], color=f"C{column % 10}", linewidth=1.1, label=f"z{column + 1}")
+        dims = f"z{part.start + 1}" if part.stop - part.start == 1 else f"z{part.start + 1}–z{part.stop}"
+        ax.set_title(f"group {g + 1} ({dims})", fontsize="medium")
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("posterior mean")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
@@ -241,10 +337,11 @@ def plot_connectivity(
     true_w: np.ndarray | None = None,
     true_group_w: np.ndarray | None = None,
     matching: Sequence[tuple[int, int]] | None = None,
+    truth_label: str = TRUE_LABEL,
 ) -> Path:
     """Heat maps of the learned connectivity and its per-group parts, beside the truth if known.
 
-    The top row is ``W`` (learned) beside ``W*`` (true). Each further row shows one
+    The top row is ``W`` (learned) beside ``W*`` (true, or ``truth_label``). Each further row shows one
     group: with ``true_group_w``, a row per true group ``W*_g`` with its matched
     learned ``W_h`` on its left (blank if unmatched), then a row per learned group
     left unmatched; without it, one row per learned ``W_g``. Colour limits are
@@ -265,6 +362,10 @@ def plot_connectivity(
     matching : sequence of (int, int), optional
         0-based ``(true group, learned group)`` pairs; by default group ``i`` with
         group ``i`` for ``i < min(G*, G)``. Ignored without ``true_group_w``.
+    truth_label : str
+        What ``W*`` is, in the panel titles: ``"true"`` for a simulation's connectivity,
+        ``"reference"`` where ``W*`` is itself a fit (an imaging recording's ``A* B*``, whose
+        ``B*`` is the ridge fit ``datamodules.mouse_voltage.oracle_encoder``).
 
     Returns
     -------
@@ -305,7 +406,7 @@ def plot_connectivity(
     _heat_map(fig, axes[0, 0], w, limit, "W (learned)")
     if n_cols == 2:
         if w_true is not None:
-            _heat_map(fig, axes[0, 1], w_true, limit, "W* (true)")
+            _heat_map(fig, axes[0, 1], w_true, limit, f"W* ({truth_label})")
         else:
             axes[0, 1].set_axis_off()
 
@@ -320,7 +421,7 @@ def plot_connectivity(
             axes[row, 0].set_title(f"no learned group matched to W*_{true_g + 1}", fontsize="medium")
         if n_cols == 2:
             if true_g is not None:
-                _heat_map(fig, axes[row, 1], groups_true[true_g], limit, f"W*_{true_g + 1} (true)")
+                _heat_map(fig, axes[row, 1], groups_true[true_g], limit, f"W*_{true_g + 1} ({truth_label})")
             else:
                 axes[row, 1].set_axis_off()
                 if groups_true is not None:

@@ -3,6 +3,9 @@
 For code that runs the pipeline without the command line (the tests, the benchmarks): the
 config of ``conf/NAME.yaml`` with the given overrides, the run directory set, and Hydra's
 runtime config installed so that :func:`facrnn.runs.pipeline.train` finds it.
+
+The configs are the checkout's ``conf/`` in a clone (and an editable install of one); a wheel
+(``pip install .``) carries the same files as ``facrnn/_conf`` (:data:`CONFIG_DIR`, docs/python.md).
 """
 
 from __future__ import annotations
@@ -16,14 +19,27 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from facrnn.errors import ConfigError
 from facrnn.training.settings import register_schemas
 
 #: the checkout the package is installed from (editable): train.py, evaluate.py, conf/
 ROOT = Path(__file__).resolve().parents[2]
-#: the config directory train.py and evaluate.py read
-CONFIG_DIR = ROOT / "conf"
+#: where a wheel (``pip install .``) keeps conf/: ``facrnn/_conf`` (pyproject.toml ``[tool.setuptools]``)
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "_conf"
 
-__all__ = ["CONFIG_DIR", "ROOT", "compose_train_config"]
+
+def find_config_dir() -> Path:
+    """The Hydra config directory: the installed wheel's ``facrnn/_conf`` when there is one,
+    else the checkout's ``conf/`` (a clone, or an editable install of one)."""
+    if (PACKAGED_CONFIG_DIR / "train.yaml").is_file():
+        return PACKAGED_CONFIG_DIR
+    return ROOT / "conf"
+
+
+#: the config directory train.py and evaluate.py read (:func:`find_config_dir`)
+CONFIG_DIR = find_config_dir()
+
+__all__ = ["CONFIG_DIR", "PACKAGED_CONFIG_DIR", "ROOT", "compose_train_config", "find_config_dir"]
 
 
 def compose_train_config(
@@ -51,6 +67,11 @@ def compose_train_config(
         The composed config, including its ``hydra`` node (job number 0), which is also
         installed as the current :class:`~hydra.core.hydra_config.HydraConfig`.
     """
+    if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        raise ConfigError(
+            f"config_name={config_name}: no {config_name}.yaml in {CONFIG_DIR}; expected a FacRNN checkout "
+            "(conf/) or an installed wheel (facrnn/_conf)"
+        )
     GlobalHydra.instance().clear()
     register_schemas()  # the schemas conf/model, conf/datamodule and conf/trainer take (`/schema/...`)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -20,12 +20,13 @@ from datamodules.base import RecordingDataModule
 from facrnn.core.copies import configured_copies
 from facrnn.errors import ConfigError
 from facrnn.evaluation.settings import EvalSettings
-from facrnn.runs.checkpoints import load_checkpoint
-from facrnn.runs.resume import prepare_resume
-from facrnn.runs.run_dir import RunDir
+from facrnn.runs.checkpoints import load_checkpoint, read_checkpoint
+from facrnn.runs.provenance import checkpoint_record, evaluation_provenance
+from facrnn.runs.resume import check_fresh_run_dir, prepare_resume, restore_run_config
+from facrnn.runs.run_dir import RunDir, write_text_atomic
 from facrnn.training.faults import raise_if_interrupted
 from facrnn.training.module import FacRNNModule
-from facrnn.training.runtime import keep_freed_buffers, training_threads
+from facrnn.training.runtime import check_accelerator, keep_freed_buffers, training_threads
 from facrnn.training.settings import check_train_config
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",
     # FacRNNModule.transfer_batch_to_device skips batches already on the device (benchmarks/README.md)
     r".*overridden `transfer_batch_to_device` in `LightningModule`.*",
+    # a resume continues its own directory: ResumableCSVLogger keeps the rows (facrnn/training/logs.py)
+    r".*Experiment logs directory .* exists and is not empty.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
 )
 
 
@@ -94,16 +98,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``model.replicas > 1`` also ``replica_run_dirs`` and, after evaluation,
     ``replica_metrics`` (per replica directory); ``metrics`` is then their mean.
     """
+    run = RunDir(cfg.paths.output_dir)
+    cfg = restore_run_config(cfg, run, command_line_overrides())  # a resume continues the run's own config
     check_train_config(cfg)  # before any data is loaded (facrnn/training/settings.py)
+    check_accelerator(cfg.trainer)  # trainer=gpu on this machine's torch: before any data loading
+    check_fresh_run_dir(cfg, run)
     started = time.perf_counter()
     quiet_known_warnings()
     keep_freed_buffers()
     torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
-    run = RunDir(cfg.paths.output_dir)
     run_dir = run.path
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
-    run.config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = instantiate_datamodule(cfg.datamodule)
@@ -111,32 +118,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     configure_copies(module, datamodule, callbacks, cfg, run)
     loggers = instantiate_group(cfg.get("logger"))
+    keep_logged_history(loggers, ckpt_path)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log.info("training %s (group sizes %s) in %s", cfg.model.name, module.group_sizes, run_dir)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except (SystemExit, KeyboardInterrupt):  # SIGTERM / Ctrl-C: last.ckpt saved by facrnn.training.faults.InterruptCheckpoint
-        raise_if_interrupted(callbacks, run_dir)
-        raise
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (
+            SystemExit,
+            KeyboardInterrupt,
+        ):  # SIGTERM / Ctrl-C: last.ckpt saved by facrnn.training.faults.InterruptCheckpoint
+            raise_if_interrupted(callbacks, run_dir)
+            raise
+        result: dict[str, Any] = {"run_dir": str(run_dir), "method": str(cfg.model.name)}
+        result["train_time_s"] = time.perf_counter() - started
+        result["callback_metrics"] = {
+            name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
+        }
+        run_dirs = [run_dir]
+        if module.is_replicated and trainer.is_global_zero:
+            from facrnn.runs.export import export_copies
+
+            run_dirs = export_copies(module, cfg, run_dir)
+            result["replica_run_dirs"] = [str(path) for path in run_dirs]
+        # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
+        if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
+            settings = EvalSettings()
+            evaluations = {str(path): evaluate_run(path, settings, datamodule=datamodule) for path in run_dirs}
+            evaluated = {path: evaluation.metrics for path, evaluation in evaluations.items()}
+            first = evaluations[str(run_dirs[0])]
+            result["metrics"] = first.metrics if len(run_dirs) == 1 else mean_metrics(list(evaluated.values()))
+            result["provenance"] = first.provenance
+            if len(run_dirs) > 1:
+                result["replica_metrics"] = evaluated
+            log_evaluation(loggers, result["metrics"], first.provenance, [RunDir(path) for path in run_dirs])
     finally:
         finish_wandb(loggers)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "train_time_s": time.perf_counter() - started}
-    result["callback_metrics"] = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
-    run_dirs = [run_dir]
-    if module.is_replicated and trainer.is_global_zero:
-        from facrnn.runs.export import export_copies
-
-        run_dirs = export_copies(module, cfg, run_dir)
-        result["replica_run_dirs"] = [str(path) for path in run_dirs]
-    # under DDP every process runs this function; only rank 0 evaluates and writes metrics.json
-    if cfg.get("evaluate") and not cfg.trainer.get("fast_dev_run") and trainer.is_global_zero:
-        settings = EvalSettings()
-        evaluated = {str(path): evaluate_run(path, settings, datamodule=datamodule).metrics for path in run_dirs}
-        result["metrics"] = evaluated[str(run_dirs[0])] if len(run_dirs) == 1 else mean_metrics(list(evaluated.values()))
-        if len(run_dirs) > 1:
-            result["replica_metrics"] = evaluated
     result["wall_time_s"] = time.perf_counter() - started
     return result
 
@@ -160,6 +179,50 @@ def quiet_known_warnings() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def command_line_overrides() -> list[str]:
+    """The overrides of this job's command line (``HydraConfig.get().overrides.task``), or [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def keep_logged_history(loggers: list[Any], ckpt_path: str | None) -> None:
+    """On a resume, let the CSV logger keep the curves logged up to the checkpoint's epoch
+    (:class:`facrnn.training.logs.ResumableCSVLogger`), so ``csv/metrics.csv`` is appended to."""
+    from facrnn.training.logs import ResumableCSVLogger
+
+    if ckpt_path is None:
+        return
+    epoch = int(read_checkpoint(ckpt_path).get("epoch", -1))
+    for logger in loggers:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.keep_history(until_epoch=epoch)
+
+
+def log_evaluation(loggers: list[Any], metrics: dict[str, Any], provenance: dict[str, Any], runs: list[RunDir]) -> None:
+    """Held-out metrics into the W&B run summary (as ``<split>/<metric>``, with the provenance)
+    and the evaluation figures as images, before the W&B run is closed."""
+    for logger in loggers:
+        if type(logger).__name__ != "WandbLogger":
+            continue
+        import wandb
+
+        split = provenance.get("split", "test")
+        experiment = logger.experiment
+        summary = {f"{split}/{name}": value for name, value in metrics.items() if isinstance(value, (int, float))}
+        experiment.summary.update({**summary, "evaluation": provenance})
+        figures = sorted(path for run in runs for path in run.figures_dir.glob("*.png"))
+        if figures:
+            experiment.log(
+                {
+                    f"figures/{path.parent.parent.name}/{path.stem}" if len(runs) > 1 else f"figures/{path.stem}": wandb.Image(
+                        str(path)
+                    )
+                    for path in figures
+                }
+            )
+
+
 def finish_wandb(loggers: list[Any]) -> None:
     """Close W&B runs so a multirun's next job starts a fresh one."""
     for logger in loggers:
@@ -176,6 +239,8 @@ class OpenedRun(NamedTuple):
     checkpoint: Path
     module: FacRNNModule
     datamodule: RecordingDataModule
+    #: file, epoch and global step of ``checkpoint`` (:func:`facrnn.runs.provenance.checkpoint_record`)
+    checkpoint_record: dict[str, Any]
 
 
 def open_run(run_dir: str | Path, settings: EvalSettings, datamodule: RecordingDataModule | None = None) -> OpenedRun:
@@ -211,12 +276,23 @@ def open_run(run_dir: str | Path, settings: EvalSettings, datamodule: RecordingD
             f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
         )
     checkpoint = run.find_checkpoint(settings.checkpoint)  # checkpoint problems before any data loading
+    record = checkpoint_record(run, checkpoint, read_checkpoint(checkpoint))
     module = load_checkpoint(checkpoint)
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg.datamodule)
     if settings.split not in datamodule.splits:
         raise ConfigError(f"split={settings.split!r}: expected one of {sorted(datamodule.splits)}")
-    return OpenedRun(run, checkpoint, module, datamodule)
+    return OpenedRun(run, checkpoint, module, datamodule, record)
+
+
+def expected_provenance(run_dir: str | Path, settings: EvalSettings) -> dict[str, Any]:
+    """The provenance record an evaluation of ``run_dir`` with ``settings`` would write
+    (:func:`facrnn.runs.provenance.evaluation_provenance`), without loading any data: compare
+    its :func:`~facrnn.runs.provenance.evaluation_key` with a stored one to know whether
+    stored metrics measured the same thing."""
+    run = RunDir(run_dir)
+    checkpoint = run.find_checkpoint(settings.checkpoint)
+    return evaluation_provenance(run, checkpoint_record(run, checkpoint, read_checkpoint(checkpoint)), settings)
 
 
 def score(model: LowRankRNN, datamodule: RecordingDataModule, settings: EvalSettings) -> Evaluation:
@@ -251,8 +327,12 @@ def evaluate_run(
     restarts = run.read_restarts()
     if restarts is not None:  # model.restarts: how many starts, which one was kept (by training objective)
         evaluation.metrics.update(restarts=float(restarts["restarts"]), kept_start=float(restarts["kept_start"]))
-    run.write_metrics(evaluation.metrics)
-    log.info("evaluated %s on the %s split: %s", opened.checkpoint, settings.split, run.metrics_file)
+    evaluation.provenance = evaluation_provenance(run, opened.checkpoint_record, settings)
+    written = run.write_metrics(evaluation.metrics, evaluation.provenance, settings.split, settings.checkpoint)
+    log.info("evaluated %s on the %s split: %s", opened.checkpoint, settings.split, written)
+    from facrnn.runs.outputs import write_outputs
+
+    write_outputs(run, opened.module, opened.datamodule, checkpoint=opened.checkpoint)  # latents, rates, W of every split
     if evaluation.behaviour is not None and evaluation.behaviour.sweep is not None:
         write_rotation_sweep_csv(evaluation.behaviour.sweep, run.rotation_sweep_file)
     if evaluation.dynamics is not None and evaluation.dynamics.fixed_points is not None:
@@ -282,6 +362,8 @@ def write_figures(
     figure_dir = run.figures_dir
     figure_dir.mkdir(exist_ok=True)
     written = []
+    split = evaluation.provenance.get("split", "test")
+    held = "held-out" if not evaluation.provenance.get("in_sample") else "in-sample"
     if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
         written.append(
             plots.plot_latents(
@@ -289,7 +371,23 @@ def write_figures(
                 evaluation.aligned_latents,
                 evaluation.true_group_sizes,
                 figure_dir / "latents.png",
-                title="true vs aligned latents (held-out bins)",
+                title=f"true vs aligned latents ({split} bins, {held})",
+            )
+        )
+    elif module is not None and datamodule is not None:  # no ground truth: the posterior means over time
+        import torch
+
+        tensors = datamodule.split_tensors(split)
+        with torch.no_grad():
+            means = module.model.encode(tensors["encoder_input"]).double().numpy()
+        written.append(
+            plots.plot_posterior_latents(
+                means,
+                module.group_sizes,
+                figure_dir / "latents.png",
+                title=f"posterior means ({split} bins, {held})",
+                time=tensors["time"].numpy(),
+                time_label="bin in trial",
             )
         )
     arrays = evaluation.arrays
@@ -302,6 +400,8 @@ def write_figures(
                 true_w=arrays.get("W_true"),
                 true_group_w=arrays.get("W_groups_true"),
                 matching=evaluation.group_matching,
+                # imaging: W* = A B with B a ridge fit of the true latents (mouse_voltage.oracle_encoder)
+                truth_label="reference" if is_imaging(datamodule) else "true",
             )
         )
     if "W" in arrays and "W_true" not in arrays:  # real data: a large W reads best with units sorted by loading
@@ -330,6 +430,13 @@ def write_figures(
     if restarts is not None:
         written.append(plots.plot_restarts(restarts, figure_dir / "restarts.png"))
     return written
+
+
+def is_imaging(datamodule: RecordingDataModule | None) -> bool:
+    """Whether ``datamodule`` is voltage imaging, whose ground-truth ``W`` is a reference fit."""
+    from datamodules.mouse_voltage import MouseVoltageDataModule
+
+    return isinstance(datamodule, MouseVoltageDataModule)
 
 
 def check_posthoc_kind(kind: str) -> None:
@@ -378,7 +485,8 @@ def evaluate_posthoc(
     transformed = posthoc_model(model, kind, posthoc_group_sizes(model, opened.datamodule), train_input, settings.seed)
     evaluation = score(transformed, opened.datamodule, settings)
     out = opened.run.posthoc(kind)
-    out.write_metrics(evaluation.metrics)
+    evaluation.provenance = {**evaluation_provenance(opened.run, opened.checkpoint_record, settings), "posthoc": kind}
+    written = out.write_metrics(evaluation.metrics, evaluation.provenance, settings.split, settings.checkpoint)
     record = {
         "method": POSTHOC_METHODS[kind],
         "kind": kind,
@@ -387,7 +495,7 @@ def evaluate_posthoc(
         "seed": settings.seed,
     }
     out.posthoc_settings_file.write_text(json.dumps(record, indent=2) + "\n")
-    log.info("post-hoc %s of %s: %s", kind, opened.checkpoint, out.metrics_file)
+    log.info("post-hoc %s of %s: %s", kind, opened.checkpoint, written)
     if settings.figures:
-        write_figures(out, evaluation)
+        write_figures(out, evaluation, datamodule=opened.datamodule)
     return evaluation, transformed

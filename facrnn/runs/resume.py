@@ -11,8 +11,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from facrnn.errors import ConfigError
 from facrnn.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,143 @@ def resolve_checkpoint(ckpt_path: str | None, resume: bool, run_dir: Path, last_
     if ckpt_path in (None, "last"):
         last = last_checkpoint or RunDir(run_dir).checkpoint("last")
         if last.is_file():
-            log.info("resuming from %s", last)
+            log_resume(last)
             return str(last)
         # resume=true (set by the cluster launchers) is routinely a first attempt; an explicit
         # ckpt_path=last in a fresh directory is more likely a forgotten hydra.run.dir
         report = log.info if resume else log.warning
         report("no %s yet: starting a fresh run (continue an earlier run with hydra.run.dir=ITS_DIR)", last)
         return None
+    log_resume(Path(str(ckpt_path)))
     return str(ckpt_path)
+
+
+#: config sections that make a run what it is: a resumed run keeps them (:func:`restore_run_config`)
+IDENTITY_KEYS = ("model", "datamodule", "seed")
+#: overrides that recompose whole configs (they may change any identity key)
+COMPOSING_GROUPS = ("experiment", "debug", "hparams_search")
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The dotted config keys a Hydra command line sets (``model=lrrnn`` -> ``model``,
+    ``+trainer.x=1`` -> ``trainer.x``), without ``hydra.*`` keys."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~").strip().split("@", 1)[0]
+        if key and key != "hydra" and not key.startswith("hydra."):
+            keys.append(key)
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def first_difference(new: Any, old: Any, key: str) -> tuple[str, Any, Any] | None:
+    """The first dotted key at or below ``key`` where plain containers ``new`` and ``old`` differ."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        for name in sorted(set(new) | set(old)):
+            found = first_difference(new.get(name), old.get(name), f"{key}.{name}" if key else str(name))
+            if found:
+                return found
+        return None
+    return None if new == old else (key, new, old)
+
+
+def restore_run_config(cfg: DictConfig, run: RunDir, overrides: list[str]) -> DictConfig:
+    """The config a resumed run continues with: the run's own ``config.yaml``, with the
+    command line's changes to anything but its identity.
+
+    A resume (``ckpt_path=last`` / ``resume=true``) into a directory holding ``config.yaml``
+    continues *that* run: every key the command line does not set comes from the saved
+    config (so ``python train.py hydra.run.dir=RUN ckpt_path=last`` resumes an lrRNN run as
+    an lrRNN, with its epochs, whatever the defaults are now). A key the command line sets
+    (e.g. ``trainer.max_epochs=8000``) takes the new value, logged; one that would change the
+    model, the data or the seed (:data:`IDENTITY_KEYS`) is refused. Without a saved config or
+    a resume, ``cfg`` is returned as it is.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The config composed from the command line.
+    run : RunDir
+        The run directory (``cfg.paths.output_dir``).
+    overrides : list of str
+        The command line's overrides (``HydraConfig.get().overrides.task``).
+
+    Raises
+    ------
+    ConfigError
+        ``ckpt_path=last into RUN: model.name='facrnn' differs from the run's own config.yaml ...``.
+    """
+    from facrnn.runs.provenance import experiment_config
+
+    resuming = cfg.get("ckpt_path") == "last" or bool(cfg.get("resume", False))
+    if not resuming or not run.config_file.is_file():
+        return cfg
+    saved = OmegaConf.create(experiment_config(run.load_config()))
+    current = OmegaConf.create(experiment_config(cfg))
+    keys = override_keys(overrides)
+    how = "resume=true" if cfg.get("resume") else "ckpt_path=last"
+    checked = [key for key in keys if key.split(".")[0] in IDENTITY_KEYS]
+    if any(key in COMPOSING_GROUPS for key in keys):
+        checked = list(IDENTITY_KEYS)
+    for key in checked:
+        found = first_difference(
+            _plain(OmegaConf.select(current, key, default=None)), _plain(OmegaConf.select(saved, key, default=None)), key
+        )
+        if found:
+            name, new_value, old_value = found
+            raise ConfigError(
+                f"{how} into {run.path}: {name}={new_value!r} differs from the run's own {run.CONFIG} "
+                f"({name}={old_value!r}); expected a resume to keep its model, data and seed: drop the override, "
+                "or train into a new hydra.run.dir"
+            )
+    restored = cfg.copy()  # where the run is and how it is launched: this command's
+    with open_dict(restored):
+        for key in saved:
+            restored[key] = _plain(saved[key])
+        for key in keys:
+            if key.split(".")[0] in IDENTITY_KEYS or key in COMPOSING_GROUPS:
+                continue
+            value = _plain(OmegaConf.select(cfg, key, default=None))
+            before = _plain(OmegaConf.select(saved, key, default=None))
+            if first_difference(value, before, key):
+                log.info("%s: %s=%s from the command line (the run had %s)", how, key, value, before)
+            OmegaConf.update(restored, key, value, force_add=True)
+    log.info("%s: continuing %s with its own %s", how, run.path, run.CONFIG)
+    return restored
+
+
+def check_fresh_run_dir(cfg: DictConfig, run: RunDir) -> None:
+    """A training without ``ckpt_path``/``resume`` must not start in a directory that holds a run.
+
+    Lightning would write ``best-v1.ckpt`` beside the old ``best.ckpt`` and the evaluation
+    would score the previous run's checkpoint.
+
+    Raises
+    ------
+    ConfigError
+        ``hydra.run.dir=RUN already holds a trained run (...); expected a new directory, or ckpt_path=last``.
+    """
+    if cfg.get("ckpt_path") is not None or cfg.get("resume", False):
+        return
+    for path in (run.checkpoints_dir, run.metrics_file):
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            raise ConfigError(
+                f"hydra.run.dir={run.path} already holds a trained run ({path.relative_to(run.path)}); expected a new "
+                "directory (leave hydra.run.dir unset for a fresh one), or ckpt_path=last to continue that run"
+            )
+
+
+def log_resume(checkpoint: Path) -> None:
+    """The one line every resume logs: ``resuming from RUN/checkpoints/last.ckpt at epoch 612``
+    (the epoch and global step stored in the checkpoint, read with the safe reader)."""
+    from facrnn.runs.checkpoints import read_checkpoint
+
+    stored = read_checkpoint(checkpoint)
+    epoch, step = int(stored.get("epoch", -1)), int(stored.get("global_step", -1))
+    log.info("resuming from %s at epoch %d (global step %d)", checkpoint, epoch, step)
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -125,4 +255,13 @@ class RNGStateCheckpoint(pl.Callback):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + trainer.global_rank)
 
 
-__all__ = ["RNGStateCheckpoint", "prepare_resume", "resolve_checkpoint", "wandb_run_id"]
+__all__ = [
+    "RNGStateCheckpoint",
+    "check_fresh_run_dir",
+    "log_resume",
+    "override_keys",
+    "prepare_resume",
+    "resolve_checkpoint",
+    "restore_run_config",
+    "wandb_run_id",
+]

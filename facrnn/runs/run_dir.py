@@ -12,11 +12,16 @@ Layout of a run directory (``train.py`` writes it, ``evaluate.py`` and the tools
     RUN/wandb_id.txt                  the W&B run id a resumed run keeps logging into
     RUN/restarts.json                 every start's objective and the kept one (model.restarts)
     RUN/failure.yaml                  the error of a failed job of a multirun
-    RUN/metrics.json                  held-out metrics         (evaluate.py)
+    RUN/metrics.json                  metrics of the test split, best checkpoint, with their
+                                      provenance (split, checkpoint file and epoch, n_mc, seeds,
+                                      config hash, package version)          (evaluate.py)
+    RUN/metrics_<split>_<ckpt>.json   the same for another split or checkpoint (never over metrics.json)
+    RUN/outputs.h5                    posterior means per split, rates, A, B, W, W_g (docs/python.md)
     RUN/rotation_sweep.csv            behaviour rotation sweep (M1 data)
     RUN/fixed_points.json             fixed points of the latent dynamics
     RUN/figures/*.png                 figures
     RUN/permutation.json              permutation analysis     (python -m facrnn.cli.compare)
+    RUN/permutation_<split>_<ckpt>.json  the same for another split or checkpoint
     RUN/partial_corr_own.json         own-grouping PC          (python -m facrnn.cli.group_selection)
     RUN/replica_XX_seedS/             replica XX of a model.replicas run: a run directory itself
     RUN/posthoc_<kind>/               a post-hoc variant: metrics.json, posthoc.json, figures/, ...
@@ -57,6 +62,13 @@ class RunDir:
 
     CONFIG: ClassVar[str] = "config.yaml"
     METRICS: ClassVar[str] = "metrics.json"
+    #: metrics (or permutation analysis) of another split or checkpoint than (test, best):
+    #: ``metrics_<split>_<checkpoint>.json``
+    OTHER_EVALUATION: ClassVar[str] = "{stem}_{split}_{checkpoint}.json"
+    #: the key of a metrics file that holds what was measured, how (not a metric)
+    PROVENANCE: ClassVar[str] = "provenance"
+    OUTPUTS: ClassVar[str] = "outputs.h5"
+    RUN_LOCK: ClassVar[str] = ".run.lock"
     ROTATION_SWEEP: ClassVar[str] = "rotation_sweep.csv"
     FIXED_POINTS: ClassVar[str] = "fixed_points.json"
     CHECKPOINTS: ClassVar[str] = "checkpoints"
@@ -96,7 +108,35 @@ class RunDir:
 
     @property
     def metrics_file(self) -> Path:
+        """``metrics.json``: the metrics of the test split and the best checkpoint."""
         return self.path / self.METRICS
+
+    def metrics_path(self, split: str = "test", checkpoint: str = "best") -> Path:
+        """The metrics file of one evaluation: ``metrics.json`` for the test split and the best
+        checkpoint, ``metrics_<split>_<checkpoint>.json`` otherwise (``checkpoint``: best, last or
+        a ``.ckpt`` path, named by its file stem)."""
+        return self._evaluation_file(self.METRICS, split, checkpoint)
+
+    def permutation_path(self, split: str = "test", checkpoint: str = "best") -> Path:
+        """The permutation analysis of one evaluation, named like :meth:`metrics_path`
+        (``permutation.json``, else ``permutation_<split>_<checkpoint>.json``)."""
+        return self._evaluation_file(self.PERMUTATION, split, checkpoint)
+
+    def _evaluation_file(self, name: str, split: str, checkpoint: str) -> Path:
+        label = checkpoint if checkpoint in self.CHECKPOINT_NAMES else Path(checkpoint).stem
+        if (split, label) == ("test", "best"):
+            return self.path / name
+        return self.path / self.OTHER_EVALUATION.format(stem=Path(name).stem, split=split, checkpoint=label)
+
+    @property
+    def outputs_file(self) -> Path:
+        """``outputs.h5``: latents, rates and connectivity of the evaluated model (docs/python.md)."""
+        return self.path / self.OUTPUTS
+
+    @property
+    def lock_file(self) -> Path:
+        """``.run.lock``: held by the training process that writes this directory."""
+        return self.path / self.RUN_LOCK
 
     @property
     def rotation_sweep_file(self) -> Path:
@@ -248,10 +288,24 @@ class RunDir:
         """``restarts.json`` (the starts of ``model.restarts``), or None."""
         return json.loads(self.restarts_file.read_text()) if self.restarts_file.is_file() else None
 
-    def write_metrics(self, metrics: dict[str, Any]) -> Path:
-        """Write ``metrics.json`` atomically (readers such as a sweep never see a partial file)."""
+    def write_metrics(
+        self, metrics: dict[str, Any], provenance: dict[str, Any] | None = None, split: str = "test", checkpoint: str = "best"
+    ) -> Path:
+        """Write the metrics of one evaluation (:meth:`metrics_path`) atomically, readers such as
+        a sweep never see a partial file; ``provenance`` goes under the key ``provenance``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        return write_text_atomic(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
+        record = dict(metrics) if provenance is None else {self.PROVENANCE: provenance, **metrics}
+        return write_text_atomic(self.metrics_path(split, checkpoint), json.dumps(record, indent=2) + "\n")
+
+    def read_metrics(self, split: str = "test", checkpoint: str = "best") -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(metrics, provenance)`` of one evaluation (:meth:`metrics_path`), or None when it has
+        not been written; ``provenance`` is empty for a file written before provenance was recorded."""
+        path = self.metrics_path(split, checkpoint)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        provenance = record.pop(self.PROVENANCE, None) or {}
+        return record, provenance
 
     @classmethod
     def runs_under(cls, directory: str | Path) -> Iterator[RunDir]:

@@ -41,14 +41,30 @@ class SweepFailedError(SystemExit):
     """
 
 
+#: objectives computed from logged terms: the negative ELBO (NLL + KL, per sample) leaves out
+#: the beta-weighted PC and the overlap penalty, so trials with different beta are judged alike
+DERIVED_METRICS = {f"{split}/neg_elbo": (f"{split}/nll", f"{split}/kl") for split in ("train", "val")}
+
+
+def with_derived_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus each :data:`DERIVED_METRICS` entry whose terms are present (their sum)."""
+    derived = {
+        name: sum(float(metrics[term]) for term in terms)
+        for name, terms in DERIVED_METRICS.items()
+        if all(term in metrics for term in terms)
+    }
+    return {**metrics, **derived}
+
+
 def objective_value(metric: str | None, result: dict[str, Any]) -> float | None:
     """The value of ``optimized_metric`` for a finished run.
 
     Parameters
     ----------
     metric : str, optional
-        A held-out metric of ``metrics.json`` (e.g. ``group_latent_r2``) or a logged
-        training metric (e.g. ``val/loss``, its value at the last validation).
+        A held-out metric of ``metrics.json`` (e.g. ``group_latent_r2``), a logged
+        training metric (e.g. ``val/loss``, its value at the last validation) or a derived
+        one (:data:`DERIVED_METRICS`: ``val/neg_elbo`` = ``val/nll + val/kl``).
     result : dict
         What :func:`facrnn.runs.pipeline.train` returned (``metrics``, ``callback_metrics``).
 
@@ -58,7 +74,7 @@ def objective_value(metric: str | None, result: dict[str, Any]) -> float | None:
     """
     if metric is None:
         return None
-    available = {**(result.get("callback_metrics") or {}), **(result.get("metrics") or {})}
+    available = with_derived_metrics({**(result.get("callback_metrics") or {}), **(result.get("metrics") or {})})
     if metric not in available:
         raise KeyError(f"optimized_metric={metric}: not among this run's metrics; expected one of {sorted(available)}")
     value = float(available[metric])

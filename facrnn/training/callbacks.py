@@ -1,11 +1,12 @@
-"""Lightning callbacks: a compact progress bar over epochs (runs are thousands of short epochs)."""
+"""Lightning callbacks: a compact progress bar over epochs (runs are thousands of short epochs)
+and a ``ModelCheckpoint`` whose ``last.ckpt`` is the latest state at every validation."""
 
 from __future__ import annotations
 
 import sys
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from tqdm.auto import tqdm
 
 
@@ -59,3 +60,30 @@ class EpochProgressBar(ProgressBar):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes ``last.ckpt`` at every validation, not only at those that
+    improved the monitored metric.
+
+    Lightning 2.6 saves the last checkpoint only in a step that also saved a top-k
+    checkpoint, so with ``save_top_k=1`` and ``save_last=true`` ``last.ckpt`` stayed at the
+    epoch of ``best.ckpt``: ``checkpoint=last`` scored the best model, and a resume went back
+    to the best epoch and trained the epochs since again. Here ``last.ckpt`` always holds the
+    state of the latest validation (``ckpt_path=last`` continues from it).
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):  # validation every epoch: Lightning saves here
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` unless this step already saved a checkpoint (or saving is off)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

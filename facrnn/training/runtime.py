@@ -1,4 +1,5 @@
-"""Process-level settings that make training fast on CPUs: torch threads and the C allocator.
+"""Process-level settings that make training fast on CPUs: torch threads and the C allocator;
+and the check that the configured accelerator exists on this machine.
 
 - Threads: a plain run's tensors are tiny, so one intra-op thread is fastest; batched model
   copies (``model.replicas``/``model.restarts``) have tensors ten times larger that do gain
@@ -8,6 +9,8 @@
   such sizes with ``mmap`` and returns them on ``free``, so each step pays page faults for
   fresh zeroed pages, about as much time as the arithmetic. Raising glibc's mmap and trim
   thresholds keeps the freed buffers in the heap for reuse; peak memory is unchanged.
+- Accelerator: :func:`check_accelerator` refuses ``trainer=gpu`` (or ``ddp``, ``mps``) where
+  torch sees no such device, before any data are loaded, instead of Lightning's error after.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Mapping
+from typing import Any
+
+from facrnn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,8 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 _allocator_tuned = False
+#: Lightning's names of the CUDA accelerator (``trainer.accelerator``)
+CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
 def available_cores() -> int:
@@ -62,4 +71,63 @@ def keep_freed_buffers() -> bool:
     return _allocator_tuned
 
 
-__all__ = ["available_cores", "keep_freed_buffers", "training_threads"]
+def _setting(trainer_cfg: Mapping[str, Any] | Any, key: str) -> Any:
+    """``trainer_cfg[key]`` of a DictConfig or dict, or its attribute ``key``; None when absent."""
+    get = getattr(trainer_cfg, "get", None)
+    return get(key) if callable(get) else getattr(trainer_cfg, key, None)
+
+
+def check_accelerator(trainer_cfg: Mapping[str, Any] | Any) -> None:
+    """Refuse an accelerator that torch cannot use on this machine, before any data are loaded.
+
+    ``trainer.accelerator`` ``gpu`` or ``cuda`` needs ``torch.cuda.is_available()`` (and, with an
+    integer ``trainer.devices``, that many GPUs); ``mps`` needs ``torch.backends.mps.is_available()``.
+    ``cpu``, ``auto`` and anything else are left to Lightning.
+
+    Parameters
+    ----------
+    trainer_cfg : DictConfig or mapping
+        The ``trainer`` node of the composed config (``accelerator``, ``devices``).
+
+    Raises
+    ------
+    ConfigError
+        ``trainer.accelerator=gpu: torch 2.13.0+cpu was built without CUDA; expected trainer=cpu on
+        this machine, or install a CUDA build of torch`` (or: no GPU visible, fewer GPUs than
+        ``trainer.devices``, no MPS device).
+    """
+    accelerator = _setting(trainer_cfg, "accelerator")
+    if not isinstance(accelerator, str):
+        return
+    name = accelerator.lower()
+    if name not in (*CUDA_ACCELERATORS, "mps"):
+        return
+    import torch
+
+    key = f"trainer.accelerator={accelerator}"
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(
+                f"{key}: no MPS device (Apple silicon GPU) visible to torch {torch.__version__}; "
+                "expected trainer=cpu on this machine"
+            )
+        return
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            reason, remedy = f"torch {torch.__version__} was built without CUDA", "or install a CUDA build of torch"
+        else:
+            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}"
+            reason = f"no GPU visible to torch {torch.__version__} ({built})"
+            remedy = "or make a GPU visible (nvidia-smi, CUDA_VISIBLE_DEVICES)"
+        raise ConfigError(f"{key}: {reason}; expected trainer=cpu on this machine, {remedy}")
+    devices = _setting(trainer_cfg, "devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(
+            f"trainer.devices={devices} with {key}: torch sees {count} GPU{'' if count == 1 else 's'}; "
+            f"expected trainer.devices<={count} (or trainer.devices=-1: all of them)"
+        )
+
+
+__all__ = ["CUDA_ACCELERATORS", "available_cores", "check_accelerator", "keep_freed_buffers", "training_threads"]

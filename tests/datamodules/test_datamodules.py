@@ -48,21 +48,24 @@ def test_synthetic_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("datamodules.synthetic.generate_paper_benchmark", fail)
     datamodule = SyntheticDataModule(cache_dir=str(tmp_path), **TINY)
     datamodule.setup()
-    assert datamodule.n_train == 150
+    assert datamodule.n_train == 135  # 150 even bins, 15 of them validate
 
 
 def test_even_odd_split_and_batches(tmp_path: Path) -> None:
     datamodule = SyntheticDataModule(cache_dir=str(tmp_path), batch_size=32, **TINY)
     datamodule.setup()
     train, test = datamodule.split_tensors("train"), datamodule.split_tensors("test")
-    assert (train["time"] % 2 == 0).all() and (test["time"] % 2 == 1).all()
-    assert len(train["x"]) + len(test["x"]) == 300
+    val = datamodule.split_tensors("val")
+    assert (train["time"] % 2 == 0).all() and (test["time"] % 2 == 1).all() and (val["time"] % 2 == 0).all()
+    assert len(train["x"]) + len(val["x"]) + len(test["x"]) == 300 and len(val["x"]) == 15
+    assert not set(val["time"].tolist()) & set(train["time"].tolist())  # validation bins are not trained on
     # single recording: the first bin's missing past is zero; later bins see tanh(x_{t-1})
-    assert torch.all(train["encoder_input"][0] == 0)
+    assert int(val["time"][0]) == 0 and torch.all(val["encoder_input"][0] == 0)  # bin 0 validates
     x = torch.from_numpy(datamodule.recording.x[0])
+    torch.testing.assert_close(train["encoder_input"][0], torch.tanh(x[int(train["time"][0]) - 1]))
     torch.testing.assert_close(test["encoder_input"][0], torch.tanh(x[0]))
     batches = list(datamodule.train_dataloader())
-    assert [len(batch["x"]) for batch in batches] == [32] * 4 + [22]
+    assert [len(batch["x"]) for batch in batches] == [32] * 4 + [7]  # 135 training bins
     seen = torch.cat([batch["time"] for batch in batches])
     assert sorted(seen.tolist()) == sorted(train["time"].tolist())
 
@@ -133,5 +136,5 @@ def test_from_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
 def test_batch_larger_than_training_split_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "small.npz"
     np.savez(path, x=np.random.default_rng(0).normal(size=(40, 3)))
-    with pytest.raises(ValueError, match="datamodule.batch_size=128.*only 20 samples"):
+    with pytest.raises(ValueError, match="datamodule.batch_size=128.*only 18 samples"):
         FromFileDataModule(path=str(path)).setup()

@@ -69,7 +69,7 @@ def test_trial_split_is_stratified_by_direction() -> None:
 
 
 def test_all_split_is_the_authors_protocol() -> None:
-    datamodule = MonkeyM1DataModule()
+    datamodule = MonkeyM1DataModule(split="all")
     datamodule.setup()
     assert datamodule.n_train == 168 * 14
     assert len(datamodule.split_tensors("test")["behaviour"]) == 168 * 14
@@ -80,8 +80,9 @@ def test_unstratified_trial_split_is_unchanged() -> None:
     order = np.random.default_rng(7).permutation(50)  # the previous implementation
     np.testing.assert_array_equal(groups["test"], np.sort(order[:5]))
     np.testing.assert_array_equal(groups["val"], np.sort(order[5:15]))
+    assert [len(trial_split(3, 0.1, 0.1, seed=0)[name]) for name in ("train", "val", "test")] == [1, 1, 1]
     with pytest.raises(ValueError, match="at least one trial in each split"):
-        trial_split(3, 0.1, 0.1, seed=0)
+        trial_split(2, 0.1, 0.1, seed=0)
 
 
 def test_reach_directions_from_final_position() -> None:

@@ -514,15 +514,15 @@ def test_empty_arrays_and_too_short_trials(tmp_path: Path, x: np.ndarray, parts:
 def test_training_split_smaller_than_the_batch(tmp_path: Path) -> None:
     path = write_arrays(tmp_path / "small.npz", {"x": np.random.default_rng(0).normal(size=(40, 3))})
     with pytest.raises(DataError) as caught:
-        from_file(path, batch_size=21)
+        from_file(path, batch_size=19)
     assert_message(
         caught.value,
-        "datamodule.batch_size=21",
-        f"the training split of {path} has only 20 samples (n_train=20)",
-        ends="expected datamodule.batch_size <= 20, at least one full batch per epoch",
+        "datamodule.batch_size=19",
+        f"the training split of {path} has only 18 samples (n_train=18)",  # 20 even bins, 2 validate
+        ends="expected datamodule.batch_size <= 18, at least one full batch per epoch",
     )
-    datamodule = from_file(path, batch_size=20)  # exactly one batch is fine
-    assert datamodule.n_train == 20
+    datamodule = from_file(path, batch_size=18)  # exactly one batch is fine
+    assert datamodule.n_train == 18
 
 
 def test_ground_truth_labels_must_be_whole_numbers(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path) -> None:
     (run_dir / "metrics.json").unlink()
     evaluated = run_script("evaluate.py", [f"run_dir={run_dir}", "checkpoint=last", "n_mc=2"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not (run_dir / "metrics.json").exists()  # checkpoint=last writes beside it
+    metrics = json.loads((run_dir / "metrics_test_last.json").read_text())
+    assert metrics.pop("provenance")["checkpoint"]["file"] == "checkpoints/last.ckpt"
     assert 0.0 <= metrics["group_latent_r2"] <= 1.0
     assert (run_dir / "evaluate.log").is_file()  # Hydra logs into the run, not elsewhere
     assert not (run_dir / ".hydra" / "overrides.yaml").read_text().count("run_dir")  # training record untouched

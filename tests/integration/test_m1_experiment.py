@@ -23,7 +23,7 @@ def test_paper_settings(tmp_path: Path) -> None:
     assert model.name == "facrnn" and model.beta == 2.0 and model.alpha == 0.0
     assert resolve_group_sizes(model.latent_dim, model.n_groups, model.group_sizes, model.group_rank) == [1, 1]
     assert (model.link, model.optimizer, model.lr, model.weight_decay, model.width_samples) == ("relu", "adam", 1e-3, 0.0, 512)
-    assert (cfg.datamodule.batch_size, cfg.datamodule.split, cfg.datamodule.path) == (128, "all", None)
+    assert (cfg.datamodule.batch_size, cfg.datamodule.split, cfg.datamodule.path) == (128, "trials", None)
     assert cfg.trainer.max_epochs == 1000
 
 
@@ -89,6 +89,8 @@ def test_train_and_evaluate_the_bundled_session_from_the_command_line(tmp_path: 
     evaluated = run_script("evaluate.py", [f"run_dir={run_dir}", "checkpoint=last", "n_mc=2"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "latent_r2" in evaluated.stdout
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not (run_dir / "metrics.json").exists()  # checkpoint=last writes beside it
+    metrics = json.loads((run_dir / "metrics_test_last.json").read_text())
+    assert metrics.pop("provenance")["checkpoint"]["file"] == "checkpoints/last.ckpt"
     assert 0.0 <= metrics["latent_r2"] <= 1.0
     assert (run_dir / "rotation_sweep.csv").is_file()

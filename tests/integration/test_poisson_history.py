@@ -110,7 +110,18 @@ def test_grouped_teacher_is_neuron_disjoint_and_its_counts_follow_the_rates() ->
     assert np.mean(arrays["x"]) == pytest.approx(np.mean(arrays["rates"]), rel=0.05)
 
 
+POISSON_BASIN = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pinned a lucky basin (0.907) found with val = test bins; with validation carved from the training "
+        "bins (issue 14) seeds 0-7 stop at 0.36-0.53 (docs/dynamics.md): group recovery of two Poisson rings "
+        "is not reliable, see the docstrings"
+    ),
+)
+
+
 @pytest.mark.slow
+@POISSON_BASIN
 def test_poisson_facrnn_recovers_the_groups_of_a_poisson_teacher(tmp_path: Path) -> None:
     """Two 2-D oscillator groups, 100 neurons each, Poisson counts at ~0.5 per bin (~2-5 min).
 
@@ -146,6 +157,7 @@ def test_poisson_facrnn_recovers_the_groups_of_a_poisson_teacher(tmp_path: Path)
 
 
 @pytest.mark.slow
+@POISSON_BASIN
 def test_poisson_facrnn_with_history_and_restarts_recovers_the_groups(tmp_path: Path) -> None:
     """The same teacher on data_seed 0, where single starts stop at <= 0.874 (one seed of four
     at 0.42): 3 history lags lift the ceiling, 4 starts kept by their final training objective
@@ -209,4 +221,4 @@ def test_grouped_teacher_datamodule_serves_counts(tmp_path: Path) -> None:
     datamodule.setup()
     assert datamodule.n_channels == 12
     assert datamodule.recording.group_sizes == [2, 2]
-    assert datamodule.split_tensors("train")["latents"].shape == (150, 4)
+    assert datamodule.split_tensors("train")["latents"].shape == (135, 4)  # 150 even bins, 15 validate

@@ -31,7 +31,9 @@ def test_one_epoch_then_evaluate(tiny_train_cfg) -> None:
     assert (run_dir / "config.yaml").is_file()
 
     evaluation = evaluate_run(run_dir, EvalSettings(checkpoint="last", n_mc=2))
-    stored = json.loads((run_dir / "metrics.json").read_text())
+    # checkpoint=last: metrics_test_last.json, beside (never over) the test/best metrics.json
+    stored = json.loads((run_dir / "metrics_test_last.json").read_text())
+    assert stored.pop("provenance")["checkpoint"]["file"] == "checkpoints/last.ckpt"
     assert stored == pytest.approx(evaluation.metrics)
     expected = {
         "cond_loglik",

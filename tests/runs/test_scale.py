@@ -4,6 +4,7 @@ CPU processes (gloo) and fault isolation. CPU only, offline."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -21,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from datamodules.base import BatchIndexSampler
+from facrnn.errors import CheckpointError
 from facrnn.runs import sweeps
 from facrnn.runs.pipeline import train
 from facrnn.runs.resume import prepare_resume, resolve_checkpoint
@@ -202,13 +204,18 @@ def test_run_directories_started_in_the_same_second_differ(tmp_path: Path) -> No
     assert Path(first[0]).parent == Path(second[0]).parent  # both under logs/train/runs/
 
 
-def test_checkpoint_resolution(tmp_path: Path) -> None:
+def test_checkpoint_resolution(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert resolve_checkpoint(None, False, tmp_path) is None
     assert resolve_checkpoint("last", False, tmp_path) is None  # first attempt of a requeueable job: fresh start
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     last.write_bytes(b"")
-    assert resolve_checkpoint("last", False, tmp_path) == str(last)
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):  # read by the safe reader first
+        resolve_checkpoint("last", False, tmp_path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"n_neurons": 2, "n_train": 3}, "epoch": 612, "global_step": 9}, last)
+    with caplog.at_level(logging.INFO, logger="facrnn.runs.resume"):
+        assert resolve_checkpoint("last", False, tmp_path) == str(last)
+    assert f"resuming from {last} at epoch 612 (global step 9)" in caplog.text
     assert resolve_checkpoint(None, True, tmp_path) == str(last)
     assert resolve_checkpoint(str(last), False, tmp_path) == str(last)
     copies_last = tmp_path / "checkpoints" / "copies" / "last.ckpt"
@@ -380,7 +387,7 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path: Path, data_cache: str) -> None:
     assert all(rank["world_size"] == 2 for rank in ranks)
     torch.testing.assert_close(ranks[0]["parameters"], ranks[1]["parameters"], rtol=0, atol=0)  # consistent across ranks
     # every step the two ranks trained on disjoint halves of one global batch of 64
-    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 2 * 4
+    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 2 * 3  # 180 training bins: 3 global batches
     for part0, part1 in zip(ranks[0]["samples"], ranks[1]["samples"]):
         assert part0.shape[0] == part1.shape[0] and part0.shape[0] <= 32
         assert not {tuple(row) for row in part0.tolist()} & {tuple(row) for row in part1.tolist()}
@@ -432,7 +439,7 @@ def test_documented_cluster_commands_compose(overrides: list[str], tmp_path: Pat
     assert str(launcher.submitit_folder).startswith(str(cfg.hydra.sweep.dir))
     if "hparams_search=facrnn_optuna" in overrides:
         assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.n_jobs == 8
-        assert cfg.optimized_metric == "val/loss" and set(cfg.hydra.sweeper.params) == {"model.beta", "model.lr"}
+        assert cfg.optimized_metric == "val/neg_elbo" and set(cfg.hydra.sweeper.params) == {"model.beta", "model.lr"}
     if "trainer=ddp" in overrides:
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == launcher.tasks_per_node == 4
         assert cfg.trainer.use_distributed_sampler is False

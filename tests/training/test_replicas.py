@@ -294,7 +294,7 @@ def test_nonfinite_loss_stops_with_step_term_and_intact_checkpoint(tmp_path: Pat
     with pytest.raises(TrainingFaultError) as error:
         run(tmp_path, data_cache, "trainer.max_epochs=6", *poison)
     message = str(error.value)
-    steps_per_epoch = 4
+    steps_per_epoch = 3  # 180 training bins (200 even bins, 20 validate) in batches of 64
     assert f"training stopped at step {3 * steps_per_epoch + 1} (epoch 3)" in message
     assert "nll term is not finite" in message and "last.ckpt" in message and message.endswith("skip such batches")
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -307,10 +307,10 @@ def test_nonfinite_batches_are_skipped_up_to_the_limit(tmp_path: Path, data_cach
     poison = ["+callbacks.poison._target_=tests.training.test_replicas.PoisonOneBatch", "+callbacks.poison.epoch=2"]
     run(tmp_path, data_cache, "trainer.max_epochs=4", "model.nonfinite_skip_limit=1", *poison)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["epoch"] == 3 and last["global_step"] == 4 * 4 - 1  # one batch skipped
+    assert last["epoch"] == 3 and last["global_step"] == 4 * 3 - 1  # 4 epochs of 3 batches, one batch skipped
     assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
     # with no skips allowed the same batch stops the run
-    with pytest.raises(TrainingFaultError, match="training stopped at step 9 \\(epoch 2\\)"):
+    with pytest.raises(TrainingFaultError, match="training stopped at step 7 \\(epoch 2\\)"):
         run(tmp_path, data_cache, "trainer.max_epochs=4", *poison, run_name="strict")
 
 
