@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.base import RecordingDataModule
-from datamodules.loading import read_arrays
+from datamodules.loading import ReadBudget, read_arrays, read_hdf5_dataset
 from datamodules.recording import Recording
 from datamodules.validation import (
     apply_nan_policy,
     check_data_file,
+    check_magnitude,
     check_ndim,
     check_not_empty,
     check_trial_length,
@@ -52,6 +53,7 @@ TRIAL_ARRAY_KEYS = ("neural", "vel", "direction")
 NLB_KEYS = ("train_spikes_heldin", "train_spikes_heldout", "train_behavior")
 NWB_SUFFIXES = (".nwb",)
 TRIAL_LAYOUT = "(trials, bins, units)"
+VEL_LAYOUT = "(trials, bins, 2) hand velocity"
 
 
 @dataclass
@@ -134,6 +136,7 @@ def preprocess(
     neural = np.asarray(numeric_array(neural, "neural", where), dtype=np.float64)
     check_ndim(neural, "neural", where, (3,), TRIAL_LAYOUT)
     check_not_empty(neural, "neural", where, TRIAL_LAYOUT)
+    check_magnitude(neural, "neural", where)
     if train_mask is None:
         flat = neural.reshape(-1, neural.shape[-1])
     else:
@@ -187,7 +190,11 @@ def _as_reach_data(arrays: dict, path: Path) -> ReachData:
             raise DataError(
                 f"{where}: 'neural' without 'vel'; found keys {found}, expected hand velocity 'vel' (trials, bins, 2) too"
             )
-        neural, velocity = _trial_array(arrays, "neural", where), _trial_array(arrays, "vel", where)
+        neural = _trial_array(arrays, "neural", where)
+        velocity = check_ndim(arrays["vel"], "vel", where, (3,), VEL_LAYOUT)
+        if velocity.shape[-1] != 2:
+            raise DataError(f"{where}: 'vel' has shape {velocity.shape}; expected {VEL_LAYOUT}")
+        check_not_empty(velocity, "vel", where, VEL_LAYOUT)
         direction = arrays.get("direction")
     elif "train_spikes_heldin" in arrays:
         parts = [_trial_array(arrays, key, where) for key in ("train_spikes_heldin", "train_spikes_heldout") if key in arrays]
@@ -269,6 +276,49 @@ def bin_time_series(timestamps: np.ndarray, values: np.ndarray, edges: np.ndarra
     return means
 
 
+def unit_spike_times(flat: np.ndarray, ends: np.ndarray, where: str) -> list[np.ndarray]:
+    """Split the NWB ragged ``spike_times`` column by its ``spike_times_index`` into one array per unit.
+
+    NaN spike times are dropped with a warning giving their count.
+
+    Parameters
+    ----------
+    flat : (total spikes,) float array
+        ``units/spike_times``.
+    ends : (units,) int array
+        ``units/spike_times_index``: the end of each unit's spikes in ``flat``.
+    where : str
+        The file, for messages.
+
+    Raises
+    ------
+    DataError
+        The index is not non-decreasing, points outside ``flat``, or a unit's spike times
+        are not in increasing order.
+    """
+    steps = np.diff(np.concatenate([[0], ends]))
+    if np.any(steps < 0) or ends[-1] > len(flat):
+        unit = int(np.argmax(steps < 0)) if np.any(steps < 0) else len(ends) - 1
+        raise DataError(
+            f"{where}: units/spike_times_index is out of order or out of range (unit {unit} ends at {int(ends[unit])}, "
+            f"{len(flat)} spike times in all); expected non-decreasing end indices up to the number of spike times"
+        )
+    spike_times = np.split(flat, ends[:-1])
+    n_nan = int(np.isnan(flat[: ends[-1]]).sum())
+    if n_nan:
+        log.warning("%s: dropped %d NaN spike times of %d in units/spike_times", where, n_nan, int(ends[-1]))
+        spike_times = [times[~np.isnan(times)] for times in spike_times]
+    for unit, times in enumerate(spike_times):
+        backwards = np.flatnonzero(np.diff(times) < 0)
+        if backwards.size:
+            first = int(backwards[0])
+            raise DataError(
+                f"{where}: spike times of unit {unit} are out of order ({backwards.size} decreases, first "
+                f"{times[first]:.6g} s then {times[first + 1]:.6g} s); expected increasing spike times per unit"
+            )
+    return spike_times
+
+
 def _find_time_series(nwb, name: str, where: str):
     """A TimeSeries called ``name`` in any processing module or in acquisition."""
     places = [(f"processing/{module}", nwb.processing[module].data_interfaces) for module in nwb.processing]
@@ -316,6 +366,7 @@ def load_nwb(
         )
     n_bins = int(round(n_bins))
     path = check_data_file(path, NWB_SUFFIXES)
+    budget = ReadBudget(path)
     with reading(path, "NWB"), NWBHDF5IO(str(path), "r") as io:
         nwb = io.read()
         if nwb.units is None or "spike_times" not in nwb.units.colnames:
@@ -329,24 +380,31 @@ def load_nwb(
             raise DataError(
                 f"{path}: datamodule.align_event={align_event!r} is not a trials column; found {list(trials.colnames)}"
             )
-        align = np.asarray(trials[align_event].data[:], dtype=np.float64)
+        align = np.asarray(read_hdf5_dataset(trials[align_event].data, align_event, path, budget), dtype=np.float64)
         keep = np.isfinite(align)
         if trial_splits is not None and "split" in trials.colnames:
-            split = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in trials["split"].data[:]])
+            split = np.array(
+                [
+                    s.decode() if isinstance(s, bytes) else str(s)
+                    for s in read_hdf5_dataset(trials["split"].data, "trials/split", path, budget, strings=True)
+                ]
+            )
             keep &= np.isin(split, list(trial_splits))
         index = units["spike_times"]
-        flat, ends = np.asarray(index.target.data[:], dtype=np.float64), np.asarray(index.data[:], dtype=np.int64)
+        flat = np.asarray(read_hdf5_dataset(index.target.data, "units/spike_times", path, budget), dtype=np.float64)
+        ends = np.asarray(read_hdf5_dataset(index.data, "units/spike_times_index", path, budget), dtype=np.int64)
         if len(ends) == 0:
             raise DataError(f"{path}: the units table is empty; expected spike times of at least one unit")
-        spike_times = np.split(flat, ends[:-1])
+        spike_times = unit_spike_times(flat, ends, str(path))
         if not include_heldout and "heldout" in units.colnames:
-            heldout = np.asarray(units["heldout"].data[:], dtype=bool)
+            heldout = np.asarray(read_hdf5_dataset(units["heldout"].data, "units/heldout", path, budget), dtype=bool)
             spike_times = [times for times, out in zip(spike_times, heldout) if not out]
         series = _find_time_series(nwb, behaviour_key, str(path)) if behaviour_key else None
         if series is not None:
-            values = np.asarray(series.data[:], dtype=np.float64)
+            values = np.asarray(read_hdf5_dataset(series.data, f"{behaviour_key}/data", path, budget), dtype=np.float64)
             if series.timestamps is not None:
-                stamps = np.asarray(series.timestamps[:], dtype=np.float64)
+                stamps = read_hdf5_dataset(series.timestamps, f"{behaviour_key}/timestamps", path, budget)
+                stamps = np.asarray(stamps, dtype=np.float64)
             else:
                 stamps = float(series.starting_time or 0.0) + np.arange(len(values)) / float(series.rate)
             if len(values) < 2 or len(stamps) != len(values) or not np.all(np.diff(stamps) >= 0):

@@ -9,6 +9,8 @@ import numpy as np
 
 from datamodules.validation import (
     check_finite,
+    check_magnitude,
+    check_min_channels,
     check_ndim,
     check_not_empty,
     check_same_leading,
@@ -73,9 +75,11 @@ class Recording:
         x = check_ndim(numeric_array(self.x, "x", where), "x", where, (3,), layout)
         check_not_empty(x, "x", where, layout)
         check_trial_length(x.shape[1], where)
+        check_min_channels(x.shape[-1], "x", where)
         with np.errstate(over="ignore"):  # beyond the float32 range: Inf, reported next
             self.x = np.ascontiguousarray(x, dtype=np.float32)
         check_finite(self.x, "x", where)
+        check_magnitude(x, "x", where)
         for key in ("external_input", "latents", "behaviour"):
             value = getattr(self, key)
             if value is None:
@@ -89,8 +93,11 @@ class Recording:
                     "expected the same shape in both"
                 )
             with np.errstate(over="ignore"):
-                value = np.ascontiguousarray(value, dtype=np.float32)
-            check_finite(value, key, where)
+                converted = np.ascontiguousarray(value, dtype=np.float32)
+            check_finite(converted, key, where)
+            if key != "latents":  # ground truth is only compared, never fed to the model
+                check_magnitude(value, key, where)
+            value = converted
             setattr(self, key, value)
         n_true = self.latents.shape[-1] if self.latents is not None else None
         for key in ("A", "B"):

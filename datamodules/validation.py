@@ -24,6 +24,9 @@ NAN_POLICIES = ("error", "drop", "interpolate")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 CONVERT_COMMAND = "python -m datamodules.convert"
 MIN_BINS = 2  # the encoder reads the previous bin
+MIN_CHANNELS = 2  # a low-rank network of one channel is a scalar autoregression
+MAX_MAGNITUDE = 1e15  # beyond: float32 sums and squares overflow or lose every digit in training
+MIN_MAGNITUDE = 1e-30  # below (for the largest value): denormal-scale data, gradients underflow
 
 
 # ------------------------------------------------------------------------------ files
@@ -224,6 +227,66 @@ def positive_scalar(value: object, name: str, where: str) -> float:
     return float(array.ravel()[0])
 
 
+def check_magnitude(array: np.ndarray, name: str, where: str) -> None:
+    """Raise ``DataError`` when the finite values of ``array`` are of an absurd scale.
+
+    Refused: a largest ``|value|`` above :data:`MAX_MAGNITUDE` (``1e30`` spike counts,
+    uninitialised memory) or a non-zero largest ``|value|`` below :data:`MIN_MAGNITUDE`
+    (denormal-scale data that train to nothing). All-zero arrays pass (the variance checks
+    report them).
+    """
+    values = np.asarray(array)
+    if values.size == 0 or values.dtype.kind not in "iuf":
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        magnitude = np.abs(values.astype(np.float64, copy=False))
+    finite = magnitude[np.isfinite(magnitude)]
+    if finite.size == 0:
+        return
+    peak = float(finite.max())
+    if peak > MAX_MAGNITUDE:
+        raise DataError(
+            f"{where}: '{name}' holds values up to |{name}| = {peak:.3g}; expected |values| <= {MAX_MAGNITUDE:.0e} "
+            "(rescale the data, e.g. to counts per bin or z-scores)"
+        )
+    if 0 < peak < MIN_MAGNITUDE:
+        raise DataError(
+            f"{where}: '{name}' holds only tiny values (largest |{name}| = {peak:.3g}, denormal scale); "
+            f"expected a largest |value| >= {MIN_MAGNITUDE:.0e} (rescale the data)"
+        )
+
+
+def check_min_channels(n_channels: int, name: str, where: str) -> None:
+    """Raise ``DataError`` if a recording has fewer than :data:`MIN_CHANNELS` channels."""
+    if n_channels < MIN_CHANNELS:
+        raise DataError(
+            f"{where}: '{name}' has {n_channels} channel(s); expected at least {MIN_CHANNELS} neurons/channels "
+            "(a low-rank network needs several)"
+        )
+
+
+def check_latents_fit(latent_dim: int, n_channels: int, source: str) -> None:
+    """Raise ``ConfigError`` if ``model.latent_dim`` exceeds the number of channels of the data.
+
+    A rank-K connectivity ``W = A B`` with ``A`` of shape ``(N, K)`` has rank at most ``N``:
+    ``K > N`` leaves latent directions the data cannot constrain.
+
+    Parameters
+    ----------
+    latent_dim : int
+        ``model.latent_dim`` (K).
+    n_channels : int
+        Channels of the loaded recording (N).
+    source : str
+        The recording, for messages.
+    """
+    if int(latent_dim) > int(n_channels):
+        raise ConfigError(
+            f"model.latent_dim={latent_dim}: {source} has only {n_channels} channels; "
+            f"expected model.latent_dim <= {n_channels} (the rank cannot exceed the number of channels)"
+        )
+
+
 # ------------------------------------------------------------------------ NaN policy
 
 
@@ -345,11 +408,17 @@ def check_some_variance(x: np.ndarray, name: str, where: str) -> np.ndarray:
 
 __all__ = [
     "CONVERT_COMMAND",
+    "MAX_MAGNITUDE",
     "MIN_BINS",
+    "MIN_CHANNELS",
+    "MIN_MAGNITUDE",
     "NAN_POLICIES",
     "apply_nan_policy",
     "check_data_file",
     "check_finite",
+    "check_latents_fit",
+    "check_magnitude",
+    "check_min_channels",
     "check_nan_policy",
     "check_ndim",
     "check_not_empty",

@@ -306,12 +306,19 @@ class DataCache:
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
 
-    def get(self, datamodule_cfg: DictConfig) -> Any:
-        from facrnn.runs.pipeline import instantiate_datamodule
+    def get(self, datamodule_cfg: DictConfig, source: str | Path = "config.yaml") -> Any:
+        """The set-up datamodule of ``datamodule_cfg``, read from ``source`` (a run's ``config.yaml``).
 
-        key = OmegaConf.to_yaml(datamodule_cfg, resolve=True)
+        The section may name only the project's own datamodules
+        (:func:`facrnn.runs.trusted.check_trusted_targets`), checked before anything is built.
+        """
+        from facrnn.runs.pipeline import instantiate_datamodule
+        from facrnn.runs.trusted import check_trusted_targets
+
+        checked = check_trusted_targets(datamodule_cfg, "datamodule", source)
+        key = OmegaConf.to_yaml(checked)
         if key not in self._cache:
-            self._cache[key] = instantiate_datamodule(datamodule_cfg)
+            self._cache[key] = instantiate_datamodule(checked, source=source)
         return self._cache[key]
 
 
@@ -432,7 +439,7 @@ def ensure_scored(
     reason = "--force" if force else outdated_reason(stored, metrics_path, expected, checkpoint_time)
     if reason is not None:
         log.info("%s: evaluating (%s)", metrics_path, reason)
-        datamodule = data.get(config.datamodule)
+        datamodule = data.get(config.datamodule, RunDir(variant.run_dir).config_file)
         if variant.kind is None:
             pipeline.evaluate_run(variant.run_dir, settings, datamodule=datamodule)
         else:
@@ -455,7 +462,7 @@ def ensure_scored(
         or cached.get(RunDir.PROVENANCE) != measured
         or permutation_file.stat().st_mtime < metrics_path.stat().st_mtime
     ):
-        datamodule = datamodule or data.get(config.datamodule)
+        datamodule = datamodule or data.get(config.datamodule, RunDir(variant.run_dir).config_file)
         tensors = datamodule.split_tensors(split)
         true_sizes = datamodule.recording.group_sizes
         if "latents" not in tensors or true_sizes is None:
@@ -907,7 +914,7 @@ def make_figures(
     true_latents = true_sizes = true_w = true_groups = None
     for method, variant in shown.items():
         config = OmegaConf.load(RunDir(variant.run_dir).config_file)
-        datamodule = data.get(config.datamodule)
+        datamodule = data.get(config.datamodule, RunDir(variant.run_dir).config_file)
         model = load_variant_model(variant, datamodule, settings.checkpoint, settings.seed)
         evaluation = evaluate_model(model, datamodule.split_tensors(settings.split), datamodule.recording, figure_settings)
         if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:

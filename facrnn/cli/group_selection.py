@@ -81,7 +81,7 @@ def own_partial_corr(run_dir: Path, n_mc: int = 5, seed: int = 0) -> float:
     from facrnn.runs.pipeline import instantiate_datamodule
 
     cfg = OmegaConf.load(run.config_file)
-    datamodule = instantiate_datamodule(cfg.datamodule)
+    datamodule = instantiate_datamodule(cfg.datamodule, source=run.config_file)  # only the project's datamodules
     module = load_checkpoint(run.find_checkpoint("best"))
     with torch.no_grad():
         means = module.model.encode(datamodule.split_tensors("test")["encoder_input"]).double()

@@ -96,7 +96,7 @@ class LoadedRun:
         if self._datamodule is None:
             from facrnn.runs.pipeline import instantiate_datamodule
 
-            self._datamodule = instantiate_datamodule(self.config.datamodule)
+            self._datamodule = instantiate_datamodule(self.config.datamodule, source=self.run.config_file)
         return self._datamodule
 
     @property

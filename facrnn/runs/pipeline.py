@@ -49,15 +49,39 @@ QUIET_WARNINGS = (
 )
 
 
-def instantiate_datamodule(datamodule_cfg: DictConfig) -> RecordingDataModule:
-    """Build and set up the datamodule of a config."""
+def instantiate_datamodule(datamodule_cfg: DictConfig, source: str | Path | None = None) -> RecordingDataModule:
+    """Build and set up the datamodule of a config.
+
+    Parameters
+    ----------
+    datamodule_cfg : DictConfig
+        The ``datamodule`` section.
+    source : str or Path, optional
+        The file the section was read from (``RUN/config.yaml``): then it may name only the
+        project's own datamodules (:func:`facrnn.runs.trusted.check_trusted_targets`), checked
+        before anything is imported or called. None: a config train.py composed from ``conf/``
+        and the command line.
+
+    Raises
+    ------
+    ConfigError
+        ``source`` names other code (a ``_target_``, ``_partial_``, ``_args_`` or resolver).
+    """
+    if source is not None:
+        from facrnn.runs.trusted import check_trusted_targets
+
+        datamodule_cfg = check_trusted_targets(datamodule_cfg, "datamodule", source)
     datamodule = hydra.utils.instantiate(datamodule_cfg, _convert_="all")
     datamodule.setup()
     return datamodule
 
 
 def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, seed: int | None = None) -> FacRNNModule:
-    """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data."""
+    """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data (the rank
+    ``model.latent_dim`` may not exceed the number of channels)."""
+    from datamodules.validation import check_latents_fit
+
+    check_latents_fit(int(model_cfg.latent_dim), datamodule.n_channels, datamodule.recording.source)
     extra = {} if seed is None else {"seed": int(seed)}
     return hydra.utils.instantiate(
         model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all", **extra
@@ -279,7 +303,7 @@ def open_run(run_dir: str | Path, settings: EvalSettings, datamodule: RecordingD
     record = checkpoint_record(run, checkpoint, read_checkpoint(checkpoint))
     module = load_checkpoint(checkpoint)
     if datamodule is None:
-        datamodule = instantiate_datamodule(cfg.datamodule)
+        datamodule = instantiate_datamodule(cfg.datamodule, source=run.config_file)
     if settings.split not in datamodule.splits:
         raise ConfigError(f"split={settings.split!r}: expected one of {sorted(datamodule.splits)}")
     return OpenedRun(run, checkpoint, module, datamodule, record)

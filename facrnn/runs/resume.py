@@ -123,7 +123,10 @@ def restore_run_config(cfg: DictConfig, run: RunDir, overrides: list[str]) -> Di
     resuming = cfg.get("ckpt_path") == "last" or bool(cfg.get("resume", False))
     if not resuming or not run.config_file.is_file():
         return cfg
+    from facrnn.runs.trusted import check_run_config
+
     saved = OmegaConf.create(experiment_config(run.load_config()))
+    check_run_config(saved, run.config_file)  # a resume instantiates it: only the project's own classes
     current = OmegaConf.create(experiment_config(cfg))
     keys = override_keys(overrides)
     how = "resume=true" if cfg.get("resume") else "ckpt_path=last"

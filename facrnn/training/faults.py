@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,33 @@ TEMPORARY_SUFFIX = ".tmp"
 EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 
 
-def temporary_path(path: Path) -> Path:
-    """The hidden temporary file a checkpoint ``path`` is first written to (same directory)."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+def temporary_prefix(path: Path) -> str:
+    """The name prefix of the hidden temporary files a ``path`` is first written to (same directory)."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine (a permission error counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files of ``path`` left by processes that no longer run (killed mid-write).
+
+    A live writer's file (this process's included: another thread may be writing) is kept,
+    so two writers never delete each other's temporary file.
+    """
+    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        stale.unlink(missing_ok=True)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -63,27 +88,59 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     ``os.replace`` it onto ``path``: a reader sees the previous file or the new one, never a
     partial one. Temporary files left by an earlier process killed mid-write are removed first.
 
+    Every call writes its own temporary file (``tempfile.mkstemp``: ``.NAME.PID.RANDOM.tmp``),
+    so concurrent writers of one ``path`` never delete each other's file; the last rename wins.
+
     Returns
     -------
     Path
         The target path (its directory is created if missing).
+
+    Raises
+    ------
+    OSError
+        The directory cannot be created or written (disk full, read-only, ...): a one-line
+        message naming ``path``, the previous file left intact and no temporary file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-    temporary = temporary_path(path)
     try:
-        with open(temporary, "wb") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        descriptor, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    temporary = Path(name)
+    try:
+        os.close(descriptor)
+        with open(temporary, "wb") as handle:  # by name: writers such as h5py reopen handle.name
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise _write_error(path, error) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
     return path
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    """The one-line error of a failed atomic write of ``path``: the type and ``errno`` of ``error``,
+    a message starting with ``path``."""
+    lines = str(error).splitlines()
+    reason = error.strerror or (lines[0] if lines else type(error).__name__)
+    message = (
+        f"{path}: could not write ({reason}); the previous file is unchanged; expected a writable directory with free space"
+    )
+    try:
+        wrapped = type(error)(message)
+    except TypeError:
+        wrapped = OSError(message)
+    wrapped.errno = error.errno
+    return wrapped
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -111,9 +168,30 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning ``CheckpointIO`` writing checkpoints atomically (write, fsync, rename).
 
-    Remote paths (``s3://``, ...) fall back to Lightning's own writer. Loading and removal
-    are :class:`~pytorch_lightning.plugins.io.TorchCheckpointIO`'s.
+    Loading goes through the project's one safe reader
+    (:func:`facrnn.training.checkpoint_files.load_weights_only`): weights only, whatever
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so ``ckpt_path=PATH`` never runs pickled code.
+    Remote paths (``s3://``, ...) fall back to Lightning's own writer and reader (the reader
+    with ``weights_only=True``). Removal is :class:`~pytorch_lightning.plugins.io.TorchCheckpointIO`'s.
     """
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load a checkpoint with tensors and plain containers only (``weights_only`` is ignored: always true).
+
+        Raises
+        ------
+        CheckpointNotFoundError, CheckpointError
+            No such file, a truncated file, or one holding other pickled objects (one line).
+        """
+        if not _is_local_file_protocol(str(path)):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        from facrnn.training.checkpoint_files import load_weights_only
+
+        location = map_location if map_location is not None else (lambda storage, _location: storage)
+        hint = "pass ckpt_path=last or another .ckpt file written by train.py"
+        return load_weights_only(path, map_location=location, hint=hint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         """Save ``checkpoint`` to ``path`` atomically.

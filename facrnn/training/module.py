@@ -3,6 +3,7 @@ they differ only in grouping, ``beta`` and ``alpha`` (see ``conf/model/``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -316,8 +317,37 @@ class FacRNNModule(pl.LightningModule):
 
     @classmethod
     def load(cls, checkpoint_path: str, map_location: str = "cpu") -> FacRNNModule:
-        """Load a checkpoint safely (``weights_only=True``); needs no other argument."""
-        return cls.load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True)
+        """Load a checkpoint safely; needs no other argument.
+
+        The file is read by :func:`facrnn.training.checkpoint_files.read_checkpoint` (weights only, whatever
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says; sizes bounded by the stored weights), then
+        built by :meth:`from_checkpoint`.
+
+        Raises
+        ------
+        CheckpointError
+            The file is unusable (see :func:`~facrnn.training.checkpoint_files.read_checkpoint`).
+        """
+        from facrnn.training.checkpoint_files import read_checkpoint
+
+        return cls.from_checkpoint(read_checkpoint(checkpoint_path, map_location=map_location))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> FacRNNModule:
+        """Build the module a checkpoint dict (already read and checked) describes, with its weights.
+
+        What ``load_from_checkpoint`` does, without reading any file: the module is built from
+        ``hyper_parameters`` (keys that are no argument ignored), ``on_load_checkpoint`` restores the
+        copies' bookkeeping, and the weights are loaded strictly.
+        """
+        arguments = inspect.signature(cls.__init__).parameters
+        hyper_parameters = {key: value for key, value in checkpoint["hyper_parameters"].items() if key in arguments}
+        module = cls(**hyper_parameters)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+        tensors = [tensor for tensor in checkpoint["state_dict"].values() if isinstance(tensor, torch.Tensor)]
+        device = tensors[0].device if tensors else None
+        return module.to(device) if device is not None else module
 
     # ------------------------------------------------------------ set-up
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
