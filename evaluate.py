@@ -4,10 +4,12 @@ Writes ``RUN/metrics.json`` and ``RUN/figures/*.png``. See ``conf/evaluate.yaml`
 :mod:`facrnn.cli.evaluate`.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from facrnn.cli.errors import exit_on_error
+from facrnn.cli.errors import check_command_line, exit_on_error
 from facrnn.cli.evaluate import evaluate
 
 
@@ -19,4 +21,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with exit_on_error():  # an override Hydra cannot parse: one line with the quoting that fixes it
+        check_command_line(sys.argv[1:])
     main()

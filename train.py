@@ -3,10 +3,12 @@
 See README.md, docs/scale.md and ``conf/train.yaml``.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from facrnn.cli.errors import exit_on_error
+from facrnn.cli.errors import check_command_line, exit_on_error
 from facrnn.cli.report import evaluation_title, format_metrics
 from facrnn.runs.pipeline import train
 from facrnn.runs.sweeps import objective_value, run_job_isolated
@@ -34,4 +36,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_error():  # an override Hydra cannot parse: one line with the quoting that fixes it
+        check_command_line(sys.argv[1:])
     main()

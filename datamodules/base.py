@@ -321,8 +321,9 @@ class RecordingDataModule(pl.LightningDataModule):
         if self.drop_constant_channels:
             recording = drop_constant_channels(recording)
         n_bins = recording.x.shape[1]
-        if not recording.single_sequence:  # one long recording pads its start with zeros instead
-            check_history_fits(self.history, n_bins, recording.source)
+        # trials need a past for every lag; one long recording pads its start with zeros, but a
+        # lag beyond the whole recording reads nothing (and model.history=1e8 would never finish)
+        check_history_fits(self.history, n_bins, recording.source)
         x = torch.from_numpy(recording.x)
         missing_past = "zero" if recording.single_sequence else "first"
         per_bin = {"x": x, "encoder_input": encoder_input(x, self.history, missing_past)}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.base import RecordingDataModule
-from datamodules.loading import ReadBudget, read_arrays, read_hdf5_dataset
+from datamodules.loading import ReadBudget, max_array_bytes, read_arrays, read_hdf5_dataset
 from datamodules.recording import Recording
 from datamodules.validation import (
     apply_nan_policy,
@@ -224,6 +224,27 @@ def _as_reach_data(arrays: dict, path: Path) -> ReachData:
 # --------------------------------------------------------------------------- NWB
 
 
+def check_binned_size(
+    path: Path, n_trials: int, n_bins: int, n_units: int, bin_size_ms: float, window_ms: Sequence[float]
+) -> None:
+    """The binned arrays of an NWB session (bin edges, counts, behaviour) must fit the loaders'
+    size limit (:func:`datamodules.loading.max_array_bytes`) before they are allocated.
+
+    Raises
+    ------
+    DataError
+        ``FILE: datamodule.bin_size_ms=1e-05 over window_ms=[-250, 450] gives 70000000 bins x ...``.
+    """
+    needed = 8 * n_trials * (n_bins + 1) * 3 + 4 * n_trials * n_bins * n_units  # edges (x3 with behaviour), counts
+    limit = max_array_bytes()
+    if needed > limit:
+        raise DataError(
+            f"{path}: datamodule.bin_size_ms={bin_size_ms:g} over window_ms={list(window_ms)} gives {n_bins} bins x "
+            f"{n_trials} trials x {n_units} units ({needed / 2**20:.4g} MB); expected at most {limit / 2**20:.4g} MB "
+            "(a larger bin_size_ms, or set FACRNN_MAX_ARRAY_MB=... to allow more)"
+        )
+
+
 def bin_spike_times(spike_times: Sequence[np.ndarray], edges: np.ndarray) -> np.ndarray:
     """Spike counts per bin; a spike at time ``t`` counts in the bin ``[left, right)`` holding it.
 
@@ -412,6 +433,7 @@ def load_nwb(
                     f"{path}: behaviour series {behaviour_key!r} has {len(values)} samples and {len(stamps)} "
                     "timestamps; expected at least 2 samples with one increasing timestamp each"
                 )
+    check_binned_size(path, len(align), n_bins, len(spike_times), bin_size_ms, window_ms)
     left = align[:, None] + (start_ms / 1000.0) + bin_s * np.arange(n_bins + 1)[None, :]
     velocity = None
     if series is not None:

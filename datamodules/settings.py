@@ -239,6 +239,8 @@ class DataModuleSettings:
         require_positive("datamodule.batch_size", self.batch_size, "the minibatch size", integer=True)
         require_choice("datamodule.split", self.split, SPLITS)
         check_split_fractions(self.val_fraction, self.test_fraction)
+        require_positive("datamodule.n_blocks", self.n_blocks, "the number of blocks of the blocks split", integer=True)
+        require_non_negative("datamodule.split_gap", self.split_gap, "the bins dropped between splits", integer=True)
         check_nan_policy(self.nan_policy)
 
     @classmethod

@@ -56,4 +56,42 @@ def exit_on_error() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
-__all__ = ["exit_on_error", "project_error"]
+#: Hydra flags followed by a value that is no override (``-cn train``, ``--config-dir DIR``)
+FLAGS_WITH_VALUES = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package")
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Parse every override of the command line as Hydra will, and report the first one it
+    cannot parse in one line with the quoting that fixes it (a path holding ``=``, spaces,
+    non-ASCII letters or brackets: ``datamodule.path='/data/a=b.npz'``).
+
+    Raises
+    ------
+    ConfigError
+        ``datamodule.path=/data/a=b.npz: Hydra cannot parse this override (...); expected the
+        value quoted: "datamodule.path='/data/a=b.npz'" (the outer quotes for the shell)``.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from facrnn.errors import ConfigError
+
+    parser = OverridesParser.create()
+    skip_next = False
+    for argument in argv:
+        if skip_next or argument.startswith("-"):
+            skip_next = argument in FLAGS_WITH_VALUES
+            continue
+        try:
+            parser.parse_override(argument)
+        except HydraException as error:
+            key, _, value = argument.partition("=")
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "a syntax error"
+            quoted = value.replace("'", "\\'")
+            raise ConfigError(
+                f"{argument}: Hydra cannot parse this override ({reason}); expected the value quoted: "
+                f"\"{key}='{quoted}'\" (the outer quotes for the shell)"
+            ) from None
+
+
+__all__ = ["check_command_line", "exit_on_error", "project_error"]

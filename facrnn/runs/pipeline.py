@@ -22,7 +22,7 @@ from facrnn.errors import ConfigError
 from facrnn.evaluation.settings import EvalSettings
 from facrnn.runs.checkpoints import load_checkpoint, read_checkpoint
 from facrnn.runs.provenance import checkpoint_record, evaluation_provenance
-from facrnn.runs.resume import check_fresh_run_dir, prepare_resume, restore_run_config
+from facrnn.runs.resume import check_fresh_run_dir, prepare_resume, restore_run_config, run_lock
 from facrnn.runs.run_dir import RunDir, write_text_atomic
 from facrnn.training.faults import raise_if_interrupted
 from facrnn.training.module import FacRNNModule
@@ -126,13 +126,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = restore_run_config(cfg, run, command_line_overrides())  # a resume continues the run's own config
     check_train_config(cfg)  # before any data is loaded (facrnn/training/settings.py)
     check_accelerator(cfg.trainer)  # trainer=gpu on this machine's torch: before any data loading
-    check_fresh_run_dir(cfg, run)
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run_lock(run):  # one training process per run directory
+        check_fresh_run_dir(cfg, run)
+        return train_in(cfg, run)
+
+
+def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
+    """The body of :func:`train` once the config is checked and ``run`` is locked."""
     started = time.perf_counter()
     quiet_known_warnings()
     keep_freed_buffers()
     torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
     run_dir = run.path
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
     write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)

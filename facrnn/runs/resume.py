@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,51 @@ def check_fresh_run_dir(cfg: DictConfig, run: RunDir) -> None:
             )
 
 
+#: environment variables that give a process's rank; only rank 0 (or no rank) locks a run directory
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK")
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold ``RUN/.run.lock`` (an exclusive ``flock``) while one process trains into ``run``.
+
+    Two trainings started in one directory would each report the other's checkpoints and
+    share one W&B id; the second is refused. The processes of one DDP run (rank > 0 in
+    :data:`RANK_VARIABLES`) share the lock of rank 0. The lock goes with the process, so a
+    killed run leaves nothing to clean up.
+
+    Raises
+    ------
+    ConfigError
+        ``RUN: another training process (pid 1234) is writing this run directory; expected one
+        process per run directory: wait for it, or train into a new hydra.run.dir``.
+    """
+    import fcntl
+    import os
+
+    if any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES):
+        yield
+        return
+    handle = open(run.lock_file, "a+")  # held for the whole training, closed below
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigError(
+                f"{run.path}: another training process (pid {holder}) is writing this run directory; expected one "
+                "process per run directory: wait for it, or train into a new hydra.run.dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def log_resume(checkpoint: Path) -> None:
     """The one line every resume logs: ``resuming from RUN/checkpoints/last.ckpt at epoch 612``
     (the epoch and global step stored in the checkpoint, read with the safe reader)."""
@@ -266,5 +313,6 @@ __all__ = [
     "prepare_resume",
     "resolve_checkpoint",
     "restore_run_config",
+    "run_lock",
     "wandb_run_id",
 ]

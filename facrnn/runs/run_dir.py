@@ -10,6 +10,7 @@ Layout of a run directory (``train.py`` writes it, ``evaluate.py`` and the tools
     RUN/csv/metrics.csv               training curves          (conf/logger/csv.yaml)
     RUN/.hydra/overrides.yaml         Hydra's record of the command line
     RUN/wandb_id.txt                  the W&B run id a resumed run keeps logging into
+    RUN/.run.lock                     held (flock) by the process training into RUN; holds its pid
     RUN/restarts.json                 every start's objective and the kept one (model.restarts)
     RUN/failure.yaml                  the error of a failed job of a multirun
     RUN/metrics.json                  metrics of the test split, best checkpoint, with their
@@ -275,14 +276,28 @@ class RunDir:
         ------
         CheckpointNotFoundError
             There is no ``config.yaml``: not a run directory written by ``train.py``.
+        ConfigError
+            ``config.yaml`` is no YAML mapping (hand-edited, truncated, another file).
         """
-        from omegaconf import OmegaConf
+        import yaml
+        from omegaconf import DictConfig, OmegaConf
+
+        from facrnn.errors import ConfigError
 
         if not self.config_file.is_file():
             raise CheckpointNotFoundError(
                 f"run_dir={self.path}: no {self.CONFIG}; expected a run directory written by train.py"
             )
-        return OmegaConf.load(self.config_file)
+        try:
+            cfg = OmegaConf.load(self.config_file)
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"{self.config_file}: not readable as YAML ({first}); expected the config.yaml train.py wrote"
+            ) from None
+        if not isinstance(cfg, DictConfig):
+            raise ConfigError(f"{self.config_file}: holds a list, not a mapping; expected the config.yaml train.py wrote")
+        return cfg
 
     def read_restarts(self) -> dict[str, Any] | None:
         """``restarts.json`` (the starts of ``model.restarts``), or None."""

@@ -57,6 +57,12 @@ class EpochProgressBar(ProgressBar):
             self._bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()  # ends the bar's line: an `error:` message then starts a line of its own
+
+    def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

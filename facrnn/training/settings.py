@@ -341,8 +341,9 @@ def check_train_config(cfg: DictConfig) -> None:
     """
     check_missing_values(cfg, ("model", "datamodule", "trainer"))
     require_positive("threads", _value(cfg, "threads"), "the number of torch threads, or null", integer=True, optional=True)
-    if not is_integer(_value(cfg, "seed")):
-        raise ConfigError(f"seed={_value(cfg, 'seed')!r}: expected an integer")
+    seed = _value(cfg, "seed")
+    if not is_integer(seed) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r}: expected an integer from 0 to 4294967295 (numpy's seed range)")
     check_model_config(cfg)
     check_datamodule_config(cfg)
     check_trainer_config(cfg)
