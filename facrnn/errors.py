@@ -39,6 +39,7 @@ class TrainingFaultError(FacRNNError, RuntimeError):
 
 
 __all__ = [
+    "first_line",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConfigError",
@@ -47,3 +48,10 @@ __all__ = [
     "FacRNNError",
     "TrainingFaultError",
 ]
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first non-empty line of an exception's message (for one-line reports of errors from
+    libraries that print several); ``default`` (else the exception's type name) when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else (default or type(error).__name__)

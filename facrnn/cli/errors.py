@@ -74,7 +74,7 @@ def check_command_line(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from facrnn.errors import ConfigError
+    from facrnn.errors import ConfigError, first_line
 
     parser = OverridesParser.create()
     skip_next = False
@@ -86,7 +86,7 @@ def check_command_line(argv: list[str]) -> None:
             parser.parse_override(argument)
         except HydraException as error:
             key, _, value = argument.partition("=")
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "a syntax error"
+            reason = first_line(error, "a syntax error")
             quoted = value.replace("'", "\\'")
             raise ConfigError(
                 f"{argument}: Hydra cannot parse this override ({reason}); expected the value quoted: "

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from facrnn.training.module import FacRNNModule
 
 
-def load_checkpoint(path: str | Path, hint: str = RETRAIN_HINT) -> FacRNNModule:
+def load_checkpoint(path: str | Path, hint: str = RETRAIN_HINT, stored: dict | None = None) -> FacRNNModule:
     """Load a :class:`~facrnn.training.module.FacRNNModule` from a checkpoint, every failure a :class:`CheckpointError`.
 
     Parameters
@@ -32,6 +32,8 @@ def load_checkpoint(path: str | Path, hint: str = RETRAIN_HINT) -> FacRNNModule:
         The ``.ckpt`` file.
     hint : str
         What the user can do instead, appended to messages about unusable files.
+    stored : dict, optional
+        The checkpoint as :func:`read_checkpoint` returned it, when the caller has read it already.
 
     Raises
     ------
@@ -41,7 +43,7 @@ def load_checkpoint(path: str | Path, hint: str = RETRAIN_HINT) -> FacRNNModule:
     """
     from facrnn.training.module import FacRNNModule
 
-    checkpoint = read_checkpoint(path, hint)
+    checkpoint = read_checkpoint(path, hint) if stored is None else stored
     version = checkpoint.get("pytorch-lightning_version", "unknown")
     try:
         return FacRNNModule.from_checkpoint(checkpoint)

@@ -306,8 +306,9 @@ def open_run(run_dir: str | Path, settings: EvalSettings, datamodule: RecordingD
             f"directories ({', '.join(replica_dirs) or 'none written yet: the training has not finished'})"
         )
     checkpoint = run.find_checkpoint(settings.checkpoint)  # checkpoint problems before any data loading
-    record = checkpoint_record(run, checkpoint, read_checkpoint(checkpoint))
-    module = load_checkpoint(checkpoint)
+    stored = read_checkpoint(checkpoint)  # read once: its epoch for the provenance, its weights for the module
+    module = load_checkpoint(checkpoint, stored=stored)
+    record = checkpoint_record(run, checkpoint, stored)
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg.datamodule, source=run.config_file)
     if settings.split not in datamodule.splits:

@@ -282,7 +282,7 @@ class RunDir:
         import yaml
         from omegaconf import DictConfig, OmegaConf
 
-        from facrnn.errors import ConfigError
+        from facrnn.errors import ConfigError, first_line
 
         if not self.config_file.is_file():
             raise CheckpointNotFoundError(
@@ -291,7 +291,7 @@ class RunDir:
         try:
             cfg = OmegaConf.load(self.config_file)
         except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ConfigError(
                 f"{self.config_file}: not readable as YAML ({first}); expected the config.yaml train.py wrote"
             ) from None

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.settings import DATAMODULE_SCHEMAS
-from facrnn.errors import ConfigError
+from facrnn.errors import ConfigError, first_line
 
 #: the ``_target_`` of every shipped datamodule schema (``base`` has none)
 TRUSTED_TARGETS: tuple[str, ...] = tuple(
@@ -140,7 +140,7 @@ def check_trusted_targets(
     try:
         resolved = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else raw
     except OmegaConfBaseException as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{source}: {key_prefix}: cannot be resolved ({first}); expected plain values") from None
     if "_target_" not in resolved:
         raise ConfigError(f"{source}: {key_prefix}: no _target_; expected one of {', '.join(allowed)}")
