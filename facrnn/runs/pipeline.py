@@ -25,6 +25,7 @@ from facrnn.runs.provenance import checkpoint_record, evaluation_provenance
 from facrnn.runs.resume import check_fresh_run_dir, prepare_resume, restore_run_config, run_lock
 from facrnn.runs.run_dir import RunDir, write_text_atomic
 from facrnn.training.faults import raise_if_interrupted
+from facrnn.training.logs import finish_wandb_run
 from facrnn.training.module import FacRNNModule
 from facrnn.training.runtime import check_accelerator, keep_freed_buffers, training_threads
 from facrnn.training.settings import check_train_config
@@ -257,9 +258,7 @@ def finish_wandb(loggers: list[Any]) -> None:
     """Close W&B runs so a multirun's next job starts a fresh one."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+            finish_wandb_run()
 
 
 class OpenedRun(NamedTuple):

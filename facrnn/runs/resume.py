@@ -228,14 +228,34 @@ def run_lock(run: RunDir) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+def resume_epoch(stored: dict[str, Any]) -> int:
+    """The epoch a resume from checkpoint ``stored`` continues from.
+
+    Lightning stores ``epoch`` = the epoch in progress. A checkpoint written at a validation
+    holds a finished epoch's training (its fit-loop progress has ``started`` one ahead of
+    ``processed`` and the last batch done): training continues with the next epoch. One
+    written once an epoch was complete (SIGUSR2) already names the next epoch; one written
+    mid-epoch (SIGTERM after a batch) continues within its epoch.
+    """
+    epoch = int(stored.get("epoch", -1))
+    fit_loop = (stored.get("loops") or {}).get("fit_loop") or {}
+    progress = ((fit_loop.get("epoch_progress") or {}).get("total")) or {}
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    if progress.get("started") == progress.get("processed", -1) + 1 and batches.get("is_last_batch"):
+        return epoch + 1
+    return epoch
+
+
 def log_resume(checkpoint: Path) -> None:
-    """The one line every resume logs: ``resuming from RUN/checkpoints/last.ckpt at epoch 612``
-    (the epoch and global step stored in the checkpoint, read with the safe reader)."""
+    """The one line every resume logs: ``resuming from RUN/checkpoints/last.ckpt at epoch 612
+    (global step 9)``: the epoch training continues from (:func:`resume_epoch`) and the
+    stored global step, read with the safe reader."""
     from facrnn.runs.checkpoints import read_checkpoint
 
     stored = read_checkpoint(checkpoint)
-    epoch, step = int(stored.get("epoch", -1)), int(stored.get("global_step", -1))
-    log.info("resuming from %s at epoch %d (global step %d)", checkpoint, epoch, step)
+    log.info(
+        "resuming from %s at epoch %d (global step %d)", checkpoint, resume_epoch(stored), int(stored.get("global_step", -1))
+    )
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -280,6 +300,12 @@ class RNGStateCheckpoint(pl.Callback):
     the restore starts: Lightning draws from the RNG while it sets the fit up, which the
     interrupted run did not do at that point. Under DDP the checkpoint holds rank 0's state,
     from which every rank derives its own stream (bitwise resume holds for one process).
+
+    A checkpoint saved once an epoch was complete (SIGUSR2, :class:`facrnn.training.faults.InterruptCheckpoint`)
+    resumes at the start of the next epoch, and Lightning then trains that epoch from the
+    iterator it created while setting the fit up, whose batch order was drawn before the
+    state was put back; that iterator is created anew once the state is restored, as an
+    uninterrupted run creates it when the epoch starts.
     """
 
     def __init__(self) -> None:
@@ -301,6 +327,9 @@ class RNGStateCheckpoint(pl.Callback):
         if "cuda" in self._pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._pending["cuda"])
         self._pending = None
+        fit_loop = trainer.fit_loop
+        if fit_loop.is_resuming and not fit_loop.epoch_loop.restarting and fit_loop._data_fetcher is not None:
+            iter(fit_loop._data_fetcher)  # this epoch's batch order, drawn from the restored stream
         if trainer.world_size > 1:  # rank 0's state on every rank: give each rank its own stream again
             torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + trainer.global_rank)
 
@@ -313,6 +342,7 @@ __all__ = [
     "prepare_resume",
     "resolve_checkpoint",
     "restore_run_config",
+    "resume_epoch",
     "run_lock",
     "wandb_run_id",
 ]

@@ -25,7 +25,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from facrnn.errors import FacRNNError
 from facrnn.runs.run_dir import RunDir
+from facrnn.training.faults import TrainingInterrupted
+from facrnn.training.logs import finish_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +102,76 @@ def run_job_isolated(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return task(cfg)
     try:
         return task(cfg)
+    except TrainingInterrupted as interrupted:
+        if interrupted.interruption is None or interrupted.interruption.requeue is None:
+            raise  # SIGTERM / Ctrl-C: the whole multirun stops
+        return requeue(interrupted, job_dir)
     except Exception as error:  # noqa: BLE001 - one bad job must not sink the sweep
         record_failure(job_dir, error)
         return None
 
 
-def record_failure(job_dir: Path, error: BaseException) -> dict[str, Any]:
-    """Log a failed job with its overrides and error, finish its W&B run, write ``failure.yaml``."""
+class RequeueRefusedError(FacRNNError):
+    """The launcher would not requeue a task stopped by SIGUSR2 (e.g. out of time-outs)."""
+
+
+def requeue(interrupted: TrainingInterrupted, job_dir: Path) -> None:
+    """Hand a SIGUSR2 stop (checkpoint saved, W&B closed) to the launcher's requeue handler.
+
+    submitit's handler requeues the task (``scontrol requeue``) and exits; the requeued task
+    resumes from ``last.ckpt`` (``resume=true``). When it refuses (``timed-out too many
+    times``) the job is recorded as failed with a message naming the limit and the checkpoint.
+    Under DDP the handler returns on ranks other than 0, which then exit quietly.
+
+    Raises
+    ------
+    SystemExit
+        Always, except when the requeue was refused (then None is returned, as for a failed job).
+    """
+    interruption = interrupted.interruption
+    assert interruption is not None and interruption.requeue is not None
+    log.warning("requeueing this task: stopped by %s after epoch %d", interruption.signal_name, interruption.epoch)
+    try:
+        interruption.requeue()
+    except Exception as error:  # noqa: BLE001 - submitit raises UncompletedJobError from its handler
+        launcher = OmegaConf.select(HydraConfig.get(), "launcher") or {}
+        limits = ", ".join(
+            f"hydra.launcher.{key}={launcher[key]}" for key in ("max_num_timeout", "timeout_min") if key in launcher
+        )
+        record_failure(
+            job_dir,
+            RequeueRefusedError(
+                f"{error} ({limits or 'launcher settings unknown'}); the task stopped after epoch "
+                f"{interruption.epoch} with {interruption.checkpoint} saved; expected more requeues "
+                f"(raise hydra.launcher.max_num_timeout or timeout_min) or continue with: python train.py "
+                f"hydra.run.dir={job_dir} ckpt_path=last"
+            ),
+            with_traceback=False,
+        )
+        return None
+    raise SystemExit(interrupted.code)  # not rank 0: the requeue is rank 0's
+
+
+def record_failure(job_dir: Path, error: BaseException, with_traceback: bool = True) -> dict[str, Any]:
+    """Log a failed job with its overrides and error, finish its W&B run, write ``failure.yaml``.
+
+    ``with_traceback=False`` for failures the message explains (a refused requeue).
+    """
     hydra_cfg = HydraConfig.get()
     record = {
         "job": int(hydra_cfg.job.num),
         "overrides": list(hydra_cfg.overrides.task),
         "dir": str(job_dir),
         "error": f"{type(error).__name__}: {error}",
-        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)) if with_traceback else "",
     }
-    log.error("job %d (%s) failed: %s\n%s", record["job"], " ".join(record["overrides"]), record["error"], record["traceback"])
+    details = f"\n{record['traceback']}" if with_traceback else ""
+    log.error("job %d (%s) failed: %s%s", record["job"], " ".join(record["overrides"]), record["error"], details)
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=1)
+            finish_wandb_run(exit_code=1)
     job_dir.mkdir(parents=True, exist_ok=True)
     RunDir(job_dir).failure_file.write_text(yaml.safe_dump(record, sort_keys=False))
     return record
@@ -167,9 +219,11 @@ class SqliteStorageDir(Callback):
 
 __all__ = [
     "FailureSummary",
+    "RequeueRefusedError",
     "SqliteStorageDir",
     "SweepFailedError",
     "collect_failures",
     "objective_value",
+    "requeue",
     "run_job_isolated",
 ]

@@ -34,7 +34,11 @@ TRUSTED_TARGETS: tuple[str, ...] = tuple(
 #: the model class a resumed config may name
 MODEL_TARGETS: tuple[str, ...] = ("facrnn.training.module.FacRNNModule",)
 #: the trainer and its plugins a resumed config may name (conf/trainer/*.yaml)
-TRAINER_TARGETS: tuple[str, ...] = ("pytorch_lightning.Trainer", "facrnn.training.faults.AtomicCheckpointIO")
+TRAINER_TARGETS: tuple[str, ...] = (
+    "pytorch_lightning.Trainer",
+    "facrnn.training.faults.AtomicCheckpointIO",
+    "facrnn.training.runtime.cluster_environment",
+)
 #: the sections of a saved config a resume instantiates, and the code each may name
 RESUMED_SECTIONS: dict[str, tuple[str, ...]] = {
     "datamodule": TRUSTED_TARGETS,

@@ -68,6 +68,14 @@ class EpochProgressBar(ProgressBar):
             self._bar = None
 
 
+def is_final_epoch(trainer: pl.Trainer) -> bool:
+    """Whether the epoch now ending is the last one ``fit`` trains (``max_epochs`` reached or a stop requested)."""
+    max_epochs = trainer.max_epochs
+    if trainer.should_stop:
+        return True
+    return max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+
+
 class BestAndLastCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that writes ``last.ckpt`` at every validation, not only at those that
     improved the monitored metric.
@@ -76,12 +84,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     checkpoint, so with ``save_top_k=1`` and ``save_last=true`` ``last.ckpt`` stayed at the
     epoch of ``best.ckpt``: ``checkpoint=last`` scored the best model, and a resume went back
     to the best epoch and trained the epochs since again. Here ``last.ckpt`` always holds the
-    state of the latest validation (``ckpt_path=last`` continues from it).
+    state of the latest validation (``ckpt_path=last`` continues from it), and at the end of
+    training the final state, also when the last epoch had no validation (``max_epochs`` not
+    a multiple of ``check_val_every_n_epoch``), so ``checkpoint=last`` is the trained model.
     """
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):  # validation every epoch: Lightning saves here
+            self._refresh_last(trainer)
+        elif is_final_epoch(trainer):
             self._refresh_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

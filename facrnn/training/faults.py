@@ -1,5 +1,5 @@
 """Training faults that must not lose progress: atomic checkpoint writes and a clean stop on
-SIGTERM (SLURM pre-emption) or Ctrl-C that saves ``checkpoints/last.ckpt`` first.
+SIGTERM, SIGUSR2 (SLURM pre-emption and time limits) or Ctrl-C that saves ``checkpoints/last.ckpt`` first.
 
 * :class:`AtomicCheckpointIO` (``trainer.plugins`` in ``conf/trainer/cpu.yaml``, inherited by
   ``gpu`` and ``ddp``) writes every checkpoint to a temporary file in the target's directory,
@@ -11,8 +11,16 @@ SIGTERM (SLURM pre-emption) or Ctrl-C that saves ``checkpoints/last.ckpt`` first
   saves ``last.ckpt`` there, and :func:`raise_if_interrupted` (called by
   :func:`facrnn.runs.pipeline.train`) turns the exit into a :class:`TrainingInterrupted` whose
   one-line message says where the checkpoint is and how to continue.
+* SIGUSR2 is what SLURM sends before a time limit and on pre-emption (``--signal``, set by
+  the submitit launcher), and submitit's handler requeues the task and exits at once. While
+  training, :class:`InterruptCheckpoint` takes that handler over: the signal (and a SIGTERM
+  that follows it) is recorded, the current epoch finishes, the complete state is saved as
+  ``last.ckpt`` and the run stops; :class:`TrainingInterrupted` then carries submitit's
+  handler, which :func:`facrnn.runs.sweeps.run_job_isolated` calls (after W&B is closed) to
+  requeue. A checkpoint saved at an epoch's end resumes bitwise: the requeued task trains
+  exactly what an uninterrupted one would.
 
-See docs/errors.md.
+See docs/errors.md and docs/scale.md.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIX = ".tmp"
 # exit status of a process stopped by signal N, as shells report it
-EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT, "SIGUSR2": 128 + signal.SIGUSR2}
 
 
 def temporary_prefix(path: Path) -> str:
@@ -214,12 +222,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 @dataclass(frozen=True)
 class Interruption:
-    """Where a training run was stopped by a signal and what was saved."""
+    """Where a training run was stopped by a signal and what was saved.
+
+    ``requeue`` is the handler that was installed for the signal before training took it over
+    (submitit's requeue for SIGUSR2), to be called once the run has closed its loggers.
+    """
 
     signal_name: str
     epoch: int
     step: int
     checkpoint: Path | None
+    requeue: Callable[[], Any] | None = None
 
 
 def interrupt_signal(exception: BaseException) -> str | None:
@@ -246,12 +259,30 @@ def claim_as_last(trainer: pl.Trainer, path: Path) -> None:
             callback.last_model_path = str(path)
 
 
+def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process of a distributed run (``flag`` itself on one process)."""
+    if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=trainer.strategy.root_device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 class InterruptCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` when training is stopped by SIGTERM or Ctrl-C (SIGINT).
+    """Saves ``last.ckpt`` when training is stopped by SIGTERM, SIGUSR2 or Ctrl-C (SIGINT).
 
     Only these interruptions save: a run stopped by an error (e.g. a non-finite loss) keeps
     the last good checkpoint untouched. The save goes through the trainer's checkpoint IO,
     so it is atomic with :class:`AtomicCheckpointIO`.
+
+    * SIGTERM and Ctrl-C stop after the current batch (Lightning's own handling).
+    * SIGUSR2, when a Python handler is installed for it (submitit's requeue), stops at the
+      end of the current epoch: the handler is replaced while training; the signal, and a
+      SIGTERM that follows it (``scancel --full``, the step's end), are only recorded; when
+      the epoch ends (on every rank under DDP) Lightning is told to stop, which it does once
+      the epoch is complete, and the checkpoint then holds the state an uninterrupted run has
+      at the start of the next epoch. The saved handler travels with the
+      :class:`Interruption`; Lightning restores the original handlers when ``fit`` ends.
 
     Parameters
     ----------
@@ -263,10 +294,17 @@ class InterruptCheckpoint(pl.Callback):
         File name of the checkpoint ``ckpt_path=last`` resumes from.
     """
 
+    #: the signal that stops at an epoch's end (SLURM's warning before a time limit / pre-emption)
+    EPOCH_END_SIGNAL = signal.SIGUSR2
+
     def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
         self.dirpath = dirpath
         self.filename = filename
         self.interruption: Interruption | None = None
+        self._deferred_handler: Callable[..., Any] | None = None
+        self._sigterm_handler: Any = None
+        self._received: int | None = None  # the deferred signal, once received
+        self._stopped_after_epoch: int | None = None
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the interruption checkpoint goes (next to the ``ModelCheckpoint``'s files)."""
@@ -277,10 +315,48 @@ class InterruptCheckpoint(pl.Callback):
             directory = str(Path(trainer.default_root_dir) / "checkpoints")
         return Path(directory) / self.filename
 
+    # ------------------------------------------------------------ SIGUSR2 at an epoch's end
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(signal, "SIGUSR2"):  # Windows
+            return
+        installed = signal.getsignal(self.EPOCH_END_SIGNAL)
+        if not callable(installed):  # no requeue handler: the signal keeps its default meaning
+            return
+        self._deferred_handler, self._received, self._stopped_after_epoch = installed, None, None
+        self._sigterm_handler = signal.getsignal(signal.SIGTERM)  # Lightning's (it calls submitit's bypass)
+        signal.signal(self.EPOCH_END_SIGNAL, self._record_signal)
+        signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        if self._received is None:
+            self._received = signum
+            log.warning("%s received: saving a checkpoint when this epoch ends", signal.Signals(signum).name)
+
+    def _sigterm(self, signum: int, frame: Any) -> None:
+        if self._received is not None:  # the step ends after SIGUSR2: the save at the epoch's end is on its way
+            return
+        if callable(self._sigterm_handler):
+            self._sigterm_handler(signum, frame)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred_handler is None or not any_rank(trainer, self._received is not None):
+            return
+        if self._received is None:  # another rank got it: stop here too
+            self._received = int(self.EPOCH_END_SIGNAL)
+        self._stopped_after_epoch = int(trainer.current_epoch)
+        # Lightning raises its SIGTERMException once the epoch is complete (FitLoop.on_advance_end)
+        trainer._signal_connector.received_sigterm = True
+
+    # ------------------------------------------------------------ the save
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         signal_name = interrupt_signal(exception)
         if signal_name is None:
             return
+        epoch, requeue = int(trainer.current_epoch), None
+        if signal_name == "SIGTERM" and self._stopped_after_epoch is not None and self._received is not None:
+            signal_name, epoch = signal.Signals(self._received).name, self._stopped_after_epoch
+            handler, signum = self._deferred_handler, self._received
+            requeue = lambda: handler(signum, None)  # noqa: E731
         saved: Path | None = self.checkpoint_path(trainer)
         claim_as_last(trainer, saved)
         try:
@@ -288,23 +364,25 @@ class InterruptCheckpoint(pl.Callback):
         except Exception:  # noqa: BLE001 - report the interruption even if the save fails
             log.exception("%s: could not save %s", signal_name, saved)
             saved = None
-        self.interruption = Interruption(signal_name, int(trainer.current_epoch), int(trainer.global_step), saved)
+        self.interruption = Interruption(signal_name, epoch, int(trainer.global_step), saved, requeue)
         if saved is not None:
-            log.warning("%s at epoch %d (step %d): saved %s", signal_name, trainer.current_epoch, trainer.global_step, saved)
+            log.warning("%s at epoch %d (step %d): saved %s", signal_name, epoch, trainer.global_step, saved)
 
 
 class TrainingInterrupted(SystemExit):
-    """Training stopped by SIGTERM or Ctrl-C after saving ``last.ckpt``.
+    """Training stopped by SIGTERM, SIGUSR2 or Ctrl-C after saving ``last.ckpt``.
 
     A :class:`SystemExit` (like Lightning's own ``SIGTERMException``), so a multirun stops
     instead of recording the job as failed and starting the next one. ``code`` is the
-    shell's status for the signal (143 for SIGTERM, 130 for SIGINT); ``message`` is the one
-    line ``train.py`` prints.
+    shell's status for the signal (143 for SIGTERM, 140 for SIGUSR2, 130 for SIGINT);
+    ``message`` is the one line ``train.py`` prints; ``interruption`` says where and what
+    was saved (and holds the requeue handler of a SIGUSR2).
     """
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, interruption: Interruption | None = None) -> None:
         super().__init__(code)
         self.message = message
+        self.interruption = interruption
 
     def __str__(self) -> str:
         return self.message
@@ -327,7 +405,8 @@ def raise_if_interrupted(callbacks: Iterable[Any], run_dir: Path) -> None:
     for callback in callbacks:
         if isinstance(callback, InterruptCheckpoint) and callback.interruption is not None:
             interruption = callback.interruption
-            raise TrainingInterrupted(interruption_message(interruption, run_dir), EXIT_CODES[interruption.signal_name])
+            code = EXIT_CODES.get(interruption.signal_name, EXIT_CODES["SIGTERM"])
+            raise TrainingInterrupted(interruption_message(interruption, run_dir), code, interruption)
 
 
 __all__ = [

@@ -94,4 +94,25 @@ class FlushLogs(pl.Callback):
             flush_loggers(trainer)
 
 
-__all__ = ["FlushLogs", "ResumableCSVLogger", "flush_loggers", "read_rows"]
+def finish_wandb_run(exit_code: int | None = None) -> None:
+    """``wandb.finish()`` that survives a W&B service already gone.
+
+    A SLURM pre-emption signals every process of the task, the W&B service too; finishing
+    the run then fails with ``ConnectionResetError`` / ``BrokenPipeError``, and W&B's exit
+    hook would print the same again as a traceback. Here that failure is one warning line,
+    W&B is torn down (which removes its exit hook) and the run's offline files stay as
+    written; a requeued task continues the same run id (``wandb_id.txt``).
+    """
+    import wandb
+
+    try:
+        wandb.finish(exit_code=exit_code)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the service process is gone
+        log.warning("W&B could not finish its run (%s: %s): its service process has ended", type(error).__name__, error)
+        try:
+            wandb.teardown()
+        except (Exception, SystemExit):  # noqa: BLE001, S110 - nothing left to close
+            pass
+
+
+__all__ = ["FlushLogs", "ResumableCSVLogger", "finish_wandb_run", "flush_loggers", "read_rows"]

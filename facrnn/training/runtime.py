@@ -9,6 +9,9 @@ and the check that the configured accelerator exists on this machine.
   such sizes with ``mmap`` and returns them on ``free``, so each step pays page faults for
   fresh zeroed pages, about as much time as the arithmetic. Raising glibc's mmap and trim
   thresholds keeps the freed buffers in the heap for reuse; peak memory is unchanged.
+- Cluster: :func:`cluster_environment` (``trainer.plugins``) is the environment Lightning
+  would detect, with SLURM's auto-requeue off: submitit's SIGUSR2 handler and
+  :class:`facrnn.training.faults.InterruptCheckpoint` requeue and save, one mechanism, not two.
 - Accelerator: :func:`check_accelerator` refuses ``trainer=gpu`` (or ``ddp``, ``mps``) where
   torch sees no such device, before any data are loaded, instead of Lightning's error after.
 """
@@ -69,6 +72,27 @@ def keep_freed_buffers() -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
     return _allocator_tuned
+
+
+def cluster_environment() -> Any:
+    """The cluster environment Lightning would choose here, with SLURM auto-requeue disabled.
+
+    Lightning's own choice (TorchElastic, then SLURM, LSF, MPI, else a plain local
+    environment) is kept; only its ``SLURMEnvironment`` comes with ``auto_requeue=False``,
+    so Lightning installs no SIGUSR1 requeue handler beside submitit's.
+    """
+    from lightning_fabric.plugins.environments import (
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    for environment in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        if environment.detect():
+            return SLURMEnvironment(auto_requeue=False) if environment is SLURMEnvironment else environment()
+    return LightningEnvironment()
 
 
 def _setting(trainer_cfg: Mapping[str, Any] | Any, key: str) -> Any:

@@ -89,3 +89,18 @@ class WorseningValidation(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.callback_metrics["val/loss"] = torch.tensor(float(trainer.current_epoch))
+
+
+class SignalAt(pl.Callback):
+    """Sends this process ``signals`` (names, in order) after batch ``batch`` of epoch ``epoch``:
+    ``["SIGUSR2", "SIGTERM"]`` is what ``scancel --signal=USR2 --full`` delivers to a SLURM task."""
+
+    def __init__(self, signals: list[str], epoch: int = 2, batch: int = 0) -> None:
+        self.signals, self.epoch, self.batch = list(signals), epoch, batch
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            for name in self.signals:
+                os.kill(os.getpid(), getattr(signal, name))

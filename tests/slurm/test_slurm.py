@@ -124,7 +124,6 @@ def test_two_by_two_sweep_runs_as_a_job_array(two_by_two: tuple[Path, int, str, 
     assert "Traceback" not in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="submitit logs one sacct warning per poll without accounting (issue 15, not fixed yet)")
 def test_sacct_without_accounting_is_one_line(two_by_two: tuple[Path, int, str, float]) -> None:
     _, _, stderr, _ = two_by_two
     sacct_lines = [line for line in stderr.splitlines() if "sacct" in line or "accounting storage is disabled" in line]
@@ -165,7 +164,6 @@ PREEMPTED = [
 SIGNAL_AFTER_EPOCH = 60  # the last validation before it is at epoch 49
 
 
-@pytest.mark.xfail(strict=True, reason="USR2 pre-emption: no signal-time checkpoint; sweep exits 1 (issue 15, not fixed yet)")
 def test_preempted_task_resumes_from_its_signal_time_checkpoint_bitwise(
     tmp_path: Path, slurm_env: dict[str, str], data_cache: str, release_requeued: object
 ) -> None:
@@ -227,7 +225,6 @@ TIME_LIMITED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="time-limit requeue: no at-epoch resume line (issue 15, not fixed yet)")
 def test_time_limit_requeues_until_done_and_reports_when_exhausted(
     tmp_path: Path, slurm_env: dict[str, str], data_cache: str, release_requeued: object
 ) -> None:

@@ -117,12 +117,37 @@ def test_checkpoint_killed_mid_save_keeps_the_previous_one(tmp_path: Path) -> No
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
 def test_every_trainer_config_writes_checkpoints_atomically(trainer: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"trainer={trainer}"], tmp_path)
-    assert [entry["_target_"] for entry in cfg.trainer.plugins] == ["facrnn.training.faults.AtomicCheckpointIO"]
+    assert [entry["_target_"] for entry in cfg.trainer.plugins] == [
+        "facrnn.training.faults.AtomicCheckpointIO",
+        "facrnn.training.runtime.cluster_environment",
+    ]
     if trainer == "cpu":
         import hydra
 
         built = hydra.utils.instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
         assert isinstance(built.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_lightning_slurm_auto_requeue_is_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a SLURM task Lightning gets its SLURM environment without its own requeue handler."""
+    import hydra
+    from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from facrnn.training.runtime import cluster_environment
+
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.delenv(name, raising=False)
+    assert type(cluster_environment()) is LightningEnvironment  # outside SLURM: what Lightning picks itself
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "submitit")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    for name in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.setenv(name, "0")
+    environment = cluster_environment()
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
+    built = hydra.utils.instantiate(compose_config("train", [], tmp_path).trainer, logger=False, enable_progress_bar=False)
+    chosen = built._accelerator_connector.cluster_environment
+    assert isinstance(chosen, SLURMEnvironment) and chosen.auto_requeue is False
 
 
 # ------------------------------------------------------------------ 2. SIGTERM and Ctrl-C
