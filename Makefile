@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh clone:
 #   make train   bootstrap .venv, train FacRNN on the built-in synthetic benchmark, evaluate, print results
 #   make test    bootstrap .venv, lint (ruff), run the test suite
+#   make test-slurm  the tests against a real one-node SLURM alone (started and stopped around them; root)
 # Extra Hydra overrides: make train ARGS="experiment=synthetic_paper seed=1"
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ PYTEST_ARGS ?= -m "not slow"
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: venv train lint test test-all clean
+.PHONY: venv train lint test test-slurm test-all clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +33,10 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# a one-node SLURM (tests/slurm/start_cluster.sh: apt-get install when missing), its tests, then stopped
+test-slurm: venv
+	tests/slurm/with_cluster.sh --required $(PY) -m pytest tests/slurm -ra $(PYTEST_ARGS)
 
 test-all: lint
 	$(PY) -m pytest

@@ -46,6 +46,8 @@ QUIET_WARNINGS = (
     r".*overridden `transfer_batch_to_device` in `LightningModule`.*",
     # a resume continues its own directory: ResumableCSVLogger keeps the rows (facrnn/training/logs.py)
     r".*Experiment logs directory .* exists and is not empty.*",
+    # a process on a machine that has SLURM's tools but was not started by srun (a login node)
+    r".*The `srun` command is available on your system but is not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
 )
 
