@@ -5,11 +5,12 @@ Writes ``RUN/metrics.json`` and ``RUN/figures/*.png``. See ``conf/evaluate.yaml`
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from facrnn.cli.errors import check_command_line, exit_on_error
+from facrnn.cli.errors import check_command_line, check_composition, exit_on_error
 from facrnn.cli.evaluate import evaluate
 
 
@@ -21,6 +22,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_error():  # an override Hydra cannot parse: one line with the quoting that fixes it
+    with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
         check_command_line(sys.argv[1:])
+        check_composition(sys.argv[1:], "evaluate", Path(__file__).parent / "conf")
     main()

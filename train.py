@@ -4,11 +4,12 @@ See README.md, docs/scale.md and ``conf/train.yaml``.
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from facrnn.cli.errors import check_command_line, exit_on_error
+from facrnn.cli.errors import check_command_line, check_composition, exit_on_error
 from facrnn.cli.report import evaluation_title, format_metrics
 from facrnn.runs.pipeline import train
 from facrnn.runs.sweeps import objective_value, run_job_isolated
@@ -36,6 +37,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    with exit_on_error():  # an override Hydra cannot parse: one line with the quoting that fixes it
+    with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
         check_command_line(sys.argv[1:])
+        check_composition(sys.argv[1:], "train", Path(__file__).parent / "conf")
     main()

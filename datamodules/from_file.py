@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from datamodules.base import RecordingDataModule
 from datamodules.loading import read_arrays
 from datamodules.recording import Recording
-from datamodules.validation import apply_nan_policy, check_ndim, check_not_empty, check_trial_length
+from datamodules.validation import (
+    apply_nan_policy,
+    check_group_sizes_fit,
+    check_ndim,
+    check_not_empty,
+    check_trial_length,
+    model_grouping,
+)
 from facrnn.errors import DataError
 
 KEYS = ("x", "z", "A", "B", "inputs", "group_sizes")
@@ -20,7 +29,9 @@ def load_file_recording(path: str | Path, nan_policy: str = "error") -> Recordin
     """Read ``x`` (time, neurons) or (trials, time, neurons) and optional ``z``, ``A``, ``B``,
     ``inputs``, ``group_sizes`` into a :class:`Recording`.
 
-    A 2-D ``x`` is one long recording; ``z`` and ``inputs`` then are 2-D as well.
+    A 2-D ``x`` is one long recording; ``z`` and ``inputs`` then are 2-D as well. A
+    ``group_sizes`` given must fit the model trained on the file
+    (:meth:`FromFileDataModule.check_model_grouping`).
 
     Parameters
     ----------
@@ -88,3 +99,13 @@ class FromFileDataModule(RecordingDataModule):
 
     def load_recording(self) -> Recording:
         return load_file_recording(self.path, self.nan_policy)
+
+    def check_model_grouping(self, model: Mapping[str, Any]) -> None:
+        """Raise ``ConfigError`` if the file's ground-truth ``group_sizes`` disagree with the
+        grouping of ``model`` (the ``model`` config section: ``latent_dim``, ``n_groups``,
+        ``group_sizes``, ``group_rank``); see :func:`datamodules.validation.check_group_sizes_fit`.
+        Call after :meth:`setup`."""
+        sizes, settings = model_grouping(
+            model.get("latent_dim"), model.get("n_groups"), model.get("group_sizes"), model.get("group_rank")
+        )
+        check_group_sizes_fit(sizes, settings, self.recording.group_sizes, self.recording.source)

@@ -287,6 +287,70 @@ def check_latents_fit(latent_dim: int, n_channels: int, source: str) -> None:
         )
 
 
+def model_grouping(
+    latent_dim: int | None = None,
+    n_groups: int | None = None,
+    group_sizes: Sequence[int] | None = None,
+    group_rank: int | None = None,
+) -> tuple[list[int], str]:
+    """The model's group sizes and the settings that gave them, for messages:
+    ``([3, 3], "model.latent_dim=6, model.n_groups=2 (groups [3, 3])")``.
+
+    Raises
+    ------
+    ConfigError
+        The settings do not give a grouping (:func:`facrnn.core.grouping.resolve_group_sizes`).
+    """
+    from facrnn.core.grouping import resolve_group_sizes
+
+    try:
+        sizes = resolve_group_sizes(latent_dim, n_groups, group_sizes, group_rank)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if group_sizes is not None:
+        return sizes, f"model.group_sizes={sizes}"
+    if group_rank is not None:
+        return sizes, f"model.n_groups={n_groups}, model.group_rank={group_rank} (groups {sizes})"
+    return sizes, f"model.latent_dim={latent_dim}, model.n_groups={n_groups} (groups {sizes})"
+
+
+def check_group_sizes_fit(
+    model_sizes: Sequence[int], model_settings: str, true_sizes: Sequence[int] | None, source: str
+) -> None:
+    """Raise ``ConfigError`` if the ground-truth ``group_sizes`` a data file carries disagree with the model's grouping.
+
+    The model must have the file's latent dimension ``K = sum(group_sizes)``; with as many
+    groups as the file, the same sizes (a different number of groups, as a group-selection
+    sweep over ``model.n_groups`` trains, is scored with the file's grouping). Without
+    ``group_sizes`` in the file there is nothing to check.
+
+    Parameters
+    ----------
+    model_sizes : sequence of int
+        The model's group sizes.
+    model_settings : str
+        The settings that gave them (:func:`model_grouping`), for messages.
+    true_sizes : sequence of int, optional
+        The file's ``group_sizes``.
+    source : str
+        The file, for messages.
+    """
+    if true_sizes is None:
+        return
+    model, true = [int(size) for size in model_sizes], [int(size) for size in true_sizes]
+    suggestion = f"model.group_sizes=[{','.join(map(str, true))}]"
+    if sum(model) != sum(true):
+        raise ConfigError(
+            f"{model_settings}: {source} has 'group_sizes' {true} (K={sum(true)}); expected model.latent_dim={sum(true)}, "
+            f"the file's latent dimension, e.g. {suggestion} (or a file without 'group_sizes')"
+        )
+    if len(model) == len(true) and model != true:
+        raise ConfigError(
+            f"{model_settings}: {source} has 'group_sizes' {true}; expected the file's sizes for {len(true)} groups: "
+            f"{suggestion} (or another number of groups, scored with the file's grouping)"
+        )
+
+
 # ------------------------------------------------------------------------ NaN policy
 
 
@@ -416,6 +480,7 @@ __all__ = [
     "apply_nan_policy",
     "check_data_file",
     "check_finite",
+    "check_group_sizes_fit",
     "check_latents_fit",
     "check_magnitude",
     "check_min_channels",
@@ -427,6 +492,7 @@ __all__ = [
     "check_trial_length",
     "constant_channels",
     "integer_labels",
+    "model_grouping",
     "non_finite_message",
     "numeric_array",
     "positive_scalar",

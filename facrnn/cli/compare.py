@@ -65,7 +65,7 @@ ID_COLUMNS = ("method", "seed", "dataset", "run_dir")
 # Preferred method order in tables and figures; others follow alphabetically.
 METHOD_ORDER = ("facrnn", "lrrnn", "lrrnn_ica", "lint", "bdrnn", "facrnn_full")
 # Metrics the headline claims are about, with the direction that counts as better.
-CLAIM_METRICS = {"partial_corr": "lower", "group_latent_r2": "higher"}
+CLAIM_METRICS = {"partial_corr": "lower", "group_latent_r2": "higher", "latent_r2": "higher"}
 CLAIM_BASELINES = ("lrrnn", "lrrnn_ica", "lint")
 # Metrics drawn as box plots (those present); --box-metrics changes the list.
 BOX_METRICS = (
@@ -73,6 +73,10 @@ BOX_METRICS = (
     "group_latent_r2",
     "perm_group_latent_r2_max",
     "component_latent_r2",
+    "latent_r2",
+    "latent_r2_refit",
+    "rotation_r2_max",
+    "bits_per_spike",
     "total_corr",
     "recon_r2",
     "cond_loglik",
@@ -887,6 +891,11 @@ def make_figures(
         figures["Rollout R² vs k"] = plot_rollout_curves(curves, out_dir / "rollout_r2.png")
 
     chosen = [v for v in variants if v.dataset == dataset]
+    sweeps = rotation_sweeps(chosen, methods)
+    if sweeps:
+        figures["Behaviour: latent R² vs rotation of the hand position"] = compare_plots.plot_rotation_sweeps(
+            sweeps, out_dir / "rotation_sweeps.png"
+        )
     with_perm = {}
     own = {}
     n_partitions = None
@@ -910,13 +919,19 @@ def make_figures(
         return figures
     data = DataCache()
     figure_settings = settings.with_changes(n_mc=1, dynamics=False)
-    aligned, group_scores, connectivity = {}, {}, {}
+    aligned, group_scores, connectivity, reaches = {}, {}, {}, {}
     true_latents = true_sizes = true_w = true_groups = None
     for method, variant in shown.items():
         config = OmegaConf.load(RunDir(variant.run_dir).config_file)
         datamodule = data.get(config.datamodule, RunDir(variant.run_dir).config_file)
         model = load_variant_model(variant, datamodule, settings.checkpoint, settings.seed)
-        evaluation = evaluate_model(model, datamodule.split_tensors(settings.split), datamodule.recording, figure_settings)
+        evaluation = evaluate_model(
+            model,
+            datamodule.split_tensors(settings.split),
+            datamodule.recording,
+            figure_settings,
+            fit_tensors=datamodule.split_tensors("train"),
+        )
         if evaluation.true_latents is not None and evaluation.true_group_sizes is not None:
             true_latents, true_sizes = evaluation.true_latents, evaluation.true_group_sizes
             aligned[method] = evaluation.aligned_latents
@@ -928,6 +943,8 @@ def make_figures(
                 else float("nan")
                 for part in group_slices(true_sizes)
             ]
+        if evaluation.behaviour is not None and evaluation.behaviour.position.shape[1] == 2:
+            reaches[method] = evaluation.behaviour
         arrays = evaluation.arrays
         if "W_true" in arrays and "W" in arrays:
             true_w, true_groups = arrays["W_true"], arrays["W_groups_true"]
@@ -943,7 +960,34 @@ def make_figures(
         figures[f"Connectivity (seed {seed})"] = compare_plots.plot_connectivity_grid(
             true_w, true_groups, connectivity, out_dir / "connectivity_grid.png"
         )
+    if reaches:
+        first = next(iter(reaches.values()))
+        figures[f"Reach trajectories, {settings.split} trials (seed {seed})"] = compare_plots.plot_reach_grid(
+            first.position,
+            {method: behaviour.aligned for method, behaviour in reaches.items()},
+            first.trial,
+            first.time,
+            out_dir / "reach_trajectories.png",
+            first.direction,
+            {method: behaviour.metrics["latent_r2"] for method, behaviour in reaches.items()},
+        )
     return figures
+
+
+def rotation_sweeps(variants: Sequence[RunVariant], methods: Sequence[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """``method -> [(theta_deg, latent_r2), ...]`` from the ``rotation_sweep.csv`` of every variant that has one."""
+    sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for method in methods:
+        for variant in (v for v in variants if v.method == method):
+            path = variant.files.rotation_sweep_file
+            if not path.is_file():
+                continue
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows:
+                theta = np.array([float(row["theta_deg"]) for row in rows])
+                sweeps.setdefault(method, []).append((theta, np.array([float(row["latent_r2"]) for row in rows])))
+    return sweeps
 
 
 # ---------------------------------------------------------------------------- CLI

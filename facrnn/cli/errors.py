@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from facrnn.errors import FacRNNError
 from facrnn.training.faults import TrainingInterrupted
@@ -94,4 +95,65 @@ def check_command_line(argv: list[str]) -> None:
             ) from None
 
 
-__all__ = ["check_command_line", "exit_on_error", "project_error"]
+#: Hydra flags after which it composes no config, or another one than the script's: no check
+FLAGS_WITHOUT_CHECK = (
+    "-h",
+    "--help",
+    "--hydra-help",
+    "--version",
+    "-i",
+    "--info",
+    "-sc",
+    "--shell-completion",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--experimental-rerun",
+)
+
+
+def check_composition(argv: list[str], config_name: str, config_dir: str | Path) -> None:
+    """Compose ``config_dir/config_name.yaml`` with the command line's overrides, as
+    ``@hydra.main`` is about to, and report a value a settings schema refuses in one line
+    (:func:`facrnn.training.settings.composition_error`) instead of OmegaConf's report of
+    several lines: ``model.group_sizes=[3.9,3.1]`` gives ``model.group_sizes[0]=3.9: expected a
+    value of type int (an element of ModelSettings.group_sizes)``.
+
+    With ``-m`` / ``--multirun`` the config is composed as Hydra composes a sweep's (its sweep
+    overrides apply per job). Any other failure is left to Hydra, which reports it as usual
+    (``model=foo`` lists the available models); so is a command line with one of
+    :data:`FLAGS_WITHOUT_CHECK`.
+
+    Raises
+    ------
+    ConfigError
+        The schema's one-line message, naming the key.
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from facrnn.training.settings import composition_error
+
+    if any(argument.split("=", 1)[0] in FLAGS_WITHOUT_CHECK for argument in argv) or GlobalHydra.instance().is_initialized():
+        return
+    overrides, skip_next = [], False
+    for argument in argv:
+        if skip_next or argument.startswith("-"):
+            skip_next = argument in FLAGS_WITH_VALUES
+            continue
+        overrides.append(argument)
+    mode = RunMode.MULTIRUN if {"-m", "--multirun"} & set(argv) else RunMode.RUN
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            GlobalHydra.instance().hydra.compose_config(config_name, overrides, run_mode=mode, from_shell=True)
+    except Exception as error:  # noqa: BLE001 - only the schema's refusals are reported here
+        refused = composition_error(error)
+        if refused is not None:
+            raise refused from None
+
+
+__all__ = ["check_command_line", "check_composition", "exit_on_error", "project_error"]

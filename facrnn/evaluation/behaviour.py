@@ -1,11 +1,19 @@
 """Behavioural alignment of latents (DESIGN §3, M1): integrated latents against hand position.
 
 Posterior-mean latents are integrated over time within each trial (cumulative sum) and
-aligned group-wise to the hand position (cumulative sum of the velocity) with
-:func:`facrnn.evaluation.metrics.group_latent_r2`: every position axis is one target group, affine maps
-per (axis, latent group) pair, groups matched by the Hungarian algorithm. The rotation sweep
+aligned group-wise to the hand position (cumulative sum of the velocity): every position
+axis is one target group, an affine least-squares map per (axis, latent group) pair, groups
+matched one-to-one by the Hungarian algorithm maximising the summed R². The rotation sweep
 repeats this with the hand position rotated by θ, to show whether latent groups pick out
-fixed axes. Pure functions on numpy arrays, computed in float64.
+fixed axes.
+
+Held out: the maps and the matching are fitted on the *training* trials
+(:func:`fit_group_maps`) and applied to the scored trials (:func:`apply_group_maps`), so
+``latent_r2`` of the test split is an out-of-sample R² (``1 - SS_res / SS_tot`` of the
+scored trials; it can be negative). ``latent_r2_refit`` beside it refits the maps on the
+scored trials themselves (the authors' alignment, as
+:func:`facrnn.evaluation.metrics.group_latent_r2` does). Pure functions on numpy arrays,
+computed in float64.
 """
 
 from __future__ import annotations
@@ -17,15 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sklearn.metrics
+from scipy.optimize import linear_sum_assignment
 
-from facrnn.evaluation.metrics import GroupAlignment, _as_matrix, group_latent_r2
+from facrnn.core.grouping import group_slices
+from facrnn.evaluation.metrics import GroupAlignment, _as_matrix, _check_sizes
 
 N_ANGLES = 13
 MAX_ANGLE = np.pi / 2
 
 __all__ = [
+    "BehaviourBins",
     "BehaviourEvaluation",
+    "GroupMaps",
     "align_to_position",
+    "apply_group_maps",
+    "fit_group_maps",
     "behaviour_grouping",
     "evaluate_behaviour",
     "integrate_within_trials",
@@ -95,14 +110,140 @@ def behaviour_grouping(latent_group_sizes: Sequence[int], n_axes: int) -> tuple[
     return [int(n_axes)], sizes
 
 
-def align_to_position(integrated: np.ndarray, position: np.ndarray, latent_group_sizes: Sequence[int]) -> GroupAlignment:
+@dataclass(frozen=True)
+class BehaviourBins:
+    """Latents and behaviour of a set of bins (one split): what maps are fitted on or scored.
+
+    Attributes
+    ----------
+    latents : (n, K) array
+        Posterior means.
+    velocity : (n, D) array
+        Hand velocity.
+    trial, time : (n,) int arrays
+        Trial and time index of every bin.
+    """
+
+    latents: np.ndarray
+    velocity: np.ndarray
+    trial: np.ndarray
+    time: np.ndarray
+
+    def integrated(self) -> tuple[np.ndarray, np.ndarray]:
+        """Integrated latents ``(n, K)`` and hand position ``(n, D)`` (cumulative sums within trials)."""
+        return (
+            integrate_within_trials(self.latents, self.trial, self.time),
+            integrate_within_trials(self.velocity, self.trial, self.time),
+        )
+
+
+@dataclass(frozen=True)
+class GroupMaps:
+    """Affine maps from groups of source columns to groups of target columns, fitted on one set.
+
+    Attributes
+    ----------
+    target_sizes, source_sizes : list of int
+        The groupings (consecutive blocks of columns).
+    coefficients : dict
+        ``(i, j) -> (k_j + 1, d_i)`` least-squares map from source group ``j`` (plus an
+        intercept column) to target group ``i``.
+    fit_r2 : (G_target, G_source) array
+        R² of every map on the bins it was fitted on.
+    matching : list of (int, int)
+        ``(target group, source group)`` pairs chosen by the Hungarian algorithm on ``fit_r2``.
+    """
+
+    target_sizes: list[int]
+    source_sizes: list[int]
+    coefficients: dict[tuple[int, int], np.ndarray]
+    fit_r2: np.ndarray
+    matching: list[tuple[int, int]]
+
+
+def _with_intercept(source: np.ndarray) -> np.ndarray:
+    return np.column_stack([source, np.ones(len(source))])
+
+
+def fit_group_maps(
+    target: np.ndarray, source: np.ndarray, target_sizes: Sequence[int], source_sizes: Sequence[int]
+) -> GroupMaps:
+    """Fit an affine map per (target group, source group) pair on these bins and match groups.
+
+    Parameters
+    ----------
+    target : (n, D) array
+        E.g. hand position.
+    source : (n, K) array
+        E.g. integrated latents.
+    target_sizes, source_sizes : sequence of int
+        Groupings summing to ``D`` and ``K``.
+    """
+    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
+    if len(target) != len(source) or len(target) < 2:
+        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
+    target_sizes = _check_sizes(target_sizes, target.shape[1], "target_sizes", "target", target.shape)
+    source_sizes = _check_sizes(source_sizes, source.shape[1], "source_sizes", "source", source.shape)
+    coefficients, fit_r2 = {}, np.empty((len(target_sizes), len(source_sizes)))
+    for j, source_part in enumerate(group_slices(source_sizes)):
+        design = _with_intercept(source[:, source_part])
+        solution = np.linalg.lstsq(design, target, rcond=None)[0]  # every target column at once
+        prediction = design @ solution
+        for i, target_part in enumerate(group_slices(target_sizes)):
+            coefficients[i, j] = solution[:, target_part]
+            fit_r2[i, j] = sklearn.metrics.r2_score(target[:, target_part], prediction[:, target_part])
+    rows, cols = linear_sum_assignment(fit_r2, maximize=True)
+    matching = [(int(i), int(j)) for i, j in sorted(zip(rows, cols))]
+    return GroupMaps(target_sizes, source_sizes, coefficients, fit_r2, matching)
+
+
+def apply_group_maps(maps: GroupMaps, target: np.ndarray, source: np.ndarray) -> GroupAlignment:
+    """Score fitted ``maps`` on other bins: R² of every pair there, the score of the fitted matching.
+
+    Returns
+    -------
+    GroupAlignment
+        ``score``: mean R² (on these bins) of the pairs matched on the fitting bins;
+        ``r2_matrix``: R² of every pair's fitted map on these bins; ``matching``: the
+        fitting bins' matching; ``aligned``: the matched predictions (NaN for unmatched targets).
+    """
+    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
+    if len(target) != len(source) or len(target) < 2:
+        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
+    target_parts, source_parts = group_slices(maps.target_sizes), group_slices(maps.source_sizes)
+    if target.shape[1] != sum(maps.target_sizes) or source.shape[1] != sum(maps.source_sizes):
+        raise ValueError(
+            f"target has shape {target.shape}, source {source.shape}: expected {sum(maps.target_sizes)} and "
+            f"{sum(maps.source_sizes)} columns, as the maps were fitted"
+        )
+    r2_matrix = np.empty_like(maps.fit_r2)
+    predictions = {}
+    for (i, j), coefficient in maps.coefficients.items():
+        predictions[i, j] = _with_intercept(source[:, source_parts[j]]) @ coefficient
+        r2_matrix[i, j] = sklearn.metrics.r2_score(target[:, target_parts[i]], predictions[i, j])
+    aligned = np.full(target.shape, np.nan)
+    for i, j in maps.matching:
+        aligned[:, target_parts[i]] = predictions[i, j]
+    score = float(np.mean([r2_matrix[i, j] for i, j in maps.matching]))
+    return GroupAlignment(score=score, r2_matrix=r2_matrix, matching=list(maps.matching), aligned=aligned)
+
+
+def align_to_position(
+    integrated: np.ndarray,
+    position: np.ndarray,
+    latent_group_sizes: Sequence[int],
+    fit: tuple[np.ndarray, np.ndarray] | None = None,
+) -> GroupAlignment:
     """Group-wise affine alignment of integrated latents ``(n, K)`` to positions ``(n, D)``.
 
-    Targets and latents are grouped by :func:`behaviour_grouping`; see
-    :func:`facrnn.evaluation.metrics.group_latent_r2`.
+    Targets and latents are grouped by :func:`behaviour_grouping`. ``fit`` = ``(integrated,
+    position)`` of other bins (the training trials) to fit the maps and the matching on; by
+    default they are fitted on these bins (in-sample).
     """
     behaviour_sizes, latent_sizes = behaviour_grouping(latent_group_sizes, _as_matrix(position, "position").shape[1])
-    return group_latent_r2(position, integrated, behaviour_sizes, latent_sizes)
+    fit_integrated, fit_position = (integrated, position) if fit is None else fit
+    maps = fit_group_maps(fit_position, fit_integrated, behaviour_sizes, latent_sizes)
+    return apply_group_maps(maps, position, integrated)
 
 
 def latent_r2(
@@ -112,6 +253,7 @@ def latent_r2(
     time: np.ndarray,
     latent_group_sizes: Sequence[int],
     theta: float = 0.0,
+    fit_on: BehaviourBins | None = None,
 ) -> GroupAlignment:
     """Group-wise R² of integrated latents against hand position (rotated by ``theta``).
 
@@ -127,6 +269,8 @@ def latent_r2(
         The model's groups, summing to K.
     theta : float
         Rotation of the hand position, radians.
+    fit_on : BehaviourBins, optional
+        Bins (the training trials) the maps and the matching are fitted on; default these bins.
 
     Returns
     -------
@@ -134,10 +278,12 @@ def latent_r2(
         Of the position (targets, grouped per :func:`behaviour_grouping`) by the integrated
         latents; ``aligned`` is the matched affine prediction of the (rotated) position.
     """
-    position = integrate_within_trials(velocity, trial, time)
+    integrated, position = BehaviourBins(latents, velocity, trial, time).integrated()
+    fit = None if fit_on is None else fit_on.integrated()
     if theta:
         position = rotate(position, theta)
-    return align_to_position(integrate_within_trials(latents, trial, time), position, latent_group_sizes)
+        fit = None if fit is None else (fit[0], rotate(fit[1], theta))
+    return align_to_position(integrated, position, latent_group_sizes, fit)
 
 
 def rotation_sweep(
@@ -148,10 +294,11 @@ def rotation_sweep(
     latent_group_sizes: Sequence[int],
     n_angles: int = N_ANGLES,
     max_angle: float = MAX_ANGLE,
+    fit_on: BehaviourBins | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`latent_r2` with the hand position rotated by ``theta = linspace(0, max_angle, n_angles)``.
 
-    Parameters are those of :func:`latent_r2`; ``velocity`` must be 2-D ``(n, 2)``.
+    Parameters are those of :func:`latent_r2`; the velocity must be 2-D ``(n, 2)``.
 
     Returns
     -------
@@ -164,11 +311,9 @@ def rotation_sweep(
     if n_angles < 1:
         raise ValueError(f"n_angles={n_angles}: expected a positive integer")
     thetas = np.linspace(0.0, max_angle, int(n_angles))
-    integrated = integrate_within_trials(latents, trial, time)
-    position = integrate_within_trials(velocity, trial, time)
     scores, per_axis, matched = [], [], []
     for theta in thetas:
-        alignment = align_to_position(integrated, rotate(position, theta), latent_group_sizes)
+        alignment = latent_r2(latents, velocity, trial, time, latent_group_sizes, theta, fit_on)
         pairs = dict(alignment.matching)
         n_targets = alignment.r2_matrix.shape[0]
         scores.append(alignment.score)
@@ -189,7 +334,8 @@ class BehaviourEvaluation:
     Attributes
     ----------
     metrics : dict
-        ``latent_r2`` and, for 2-D behaviour, ``rotation_r2_min``, ``rotation_r2_max``,
+        ``latent_r2`` (maps fitted on the training trials when given), ``latent_r2_refit``
+        (maps refitted on the scored trials) and, for 2-D behaviour, ``rotation_r2_min``, ``rotation_r2_max``,
         ``rotation_best_deg`` (the angle of the highest R²).
     position : (n, D) array
         Hand position (cumulative velocity) of every bin.
@@ -218,6 +364,7 @@ def evaluate_behaviour(
     time: np.ndarray,
     latent_group_sizes: Sequence[int],
     trial_direction: np.ndarray | None = None,
+    fit_on: BehaviourBins | None = None,
 ) -> BehaviourEvaluation:
     """``latent_r2`` and (2-D behaviour) the rotation sweep of one split.
 
@@ -226,24 +373,32 @@ def evaluate_behaviour(
     latents : (n, K) array
     velocity : (n, D) array
     trial, time : (n,) int arrays
+        The scored split.
     latent_group_sizes : sequence of int
     trial_direction : (trials,) int array, optional
         Reach direction per trial of the recording (indexed by ``trial``).
+    fit_on : BehaviourBins, optional
+        The training trials: maps and matching are fitted on them and applied to ``bins``
+        (``latent_r2``, the rotation sweep); ``latent_r2_refit`` refits them on the scored bins.
+        Default: fitted on the scored bins (in-sample, ``latent_r2 == latent_r2_refit``).
     """
-    trial, time = np.asarray(trial).ravel(), np.asarray(time).ravel()
-    velocity = _as_matrix(velocity, "velocity")
-    position = integrate_within_trials(velocity, trial, time)
-    alignment = align_to_position(integrate_within_trials(latents, trial, time), position, latent_group_sizes)
+    bins = BehaviourBins(
+        _as_matrix(latents, "latents"), _as_matrix(velocity, "velocity"), np.asarray(trial).ravel(), np.asarray(time).ravel()
+    )
+    scored = (bins.latents, bins.velocity, bins.trial, bins.time)
+    alignment = latent_r2(*scored, latent_group_sizes, fit_on=fit_on)
+    refit = alignment if fit_on is None else latent_r2(*scored, latent_group_sizes)
+    position = integrate_within_trials(bins.velocity, bins.trial, bins.time)
     result = BehaviourEvaluation(
-        metrics={"latent_r2": alignment.score},
+        metrics={"latent_r2": alignment.score, "latent_r2_refit": refit.score},
         position=position,
         aligned=alignment.aligned,
-        trial=trial,
-        time=time,
-        direction=None if trial_direction is None else np.asarray(trial_direction)[trial],
+        trial=bins.trial,
+        time=bins.time,
+        direction=None if trial_direction is None else np.asarray(trial_direction)[bins.trial],
     )
-    if velocity.shape[1] == 2:
-        sweep = rotation_sweep(latents, velocity, trial, time, latent_group_sizes)
+    if bins.velocity.shape[1] == 2:
+        sweep = rotation_sweep(*scored, latent_group_sizes, fit_on=fit_on)
         best = int(np.argmax(sweep["r2"]))
         result.sweep = sweep
         result.metrics.update(

@@ -12,7 +12,7 @@ from datamodules.recording import Recording
 from facrnn.core.grouping import group_slices
 from facrnn.core.model import LowRankRNN
 from facrnn.core.partial_correlation import partial_correlation_eval
-from facrnn.evaluation.behaviour import BehaviourEvaluation, evaluate_behaviour
+from facrnn.evaluation.behaviour import BehaviourBins, BehaviourEvaluation, evaluate_behaviour
 from facrnn.evaluation.metrics import (
     component_latent_r2,
     connectivity_metrics,
@@ -52,6 +52,7 @@ def evaluate_model(
     tensors: dict[str, torch.Tensor],
     recording: Recording,
     settings: EvalSettings | None = None,
+    fit_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Evaluation:
     """Score ``model`` on one split.
 
@@ -65,6 +66,10 @@ def evaluate_model(
         ``time`` ``(n,)``).
     recording : Recording
         Ground truth (``A``, ``B``, ``group_sizes``) when known.
+    fit_tensors : dict, optional
+        The training split's samples: the behavioural alignment maps are fitted on them and
+        applied to ``tensors`` (``latent_r2`` held out; ``latent_r2_refit`` beside it refits
+        on ``tensors``). Default: fitted on ``tensors`` themselves (in-sample).
     settings : EvalSettings, optional
         ``n_mc`` and ``seed`` of the partial-correlation estimate, ``dynamics`` (run the
         rollout measures; needs the split's ``trial`` and ``time`` per bin) and their
@@ -123,6 +128,13 @@ def evaluate_model(
         result.true_group_sizes = list(true_sizes)
 
     if "behaviour" in tensors:
+        fit_on = None
+        if fit_tensors is not None and fit_tensors is not tensors:
+            with torch.no_grad():
+                fit_latents = model.encode(fit_tensors["encoder_input"]).numpy().astype(np.float64)
+            fit_on = BehaviourBins(
+                fit_latents, fit_tensors["behaviour"].numpy(), fit_tensors["trial"].numpy(), fit_tensors["time"].numpy()
+            )
         result.behaviour = evaluate_behaviour(
             mean_latents,
             tensors["behaviour"].numpy(),
@@ -130,6 +142,7 @@ def evaluate_model(
             tensors["time"].numpy(),
             model.group_sizes,
             recording.extras.get("direction"),
+            fit_on=fit_on,
         )
         metrics.update(result.behaviour.metrics)
 

@@ -10,6 +10,10 @@ Each function writes one PNG and returns its path.
 - :func:`plot_connectivity_grid`: ``W`` and each ``W_g``, true and per method.
 - :func:`plot_permutation_boxes`: group latent R² over every split of the latents into
   groups of the true sizes, per method.
+- :func:`plot_rotation_sweeps`: behavioural latent R² against the rotation of the hand
+  position, per method (mean over seeds, each seed faint).
+- :func:`plot_reach_grid`: held-out hand trajectories and each method's aligned latent
+  trajectories, coloured by reach direction.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ __all__ = [
     "plot_latent_overlays",
     "plot_metric_boxes",
     "plot_permutation_boxes",
+    "plot_reach_grid",
+    "plot_rotation_sweeps",
     "significance_mark",
 ]
 
@@ -259,4 +265,102 @@ def plot_permutation_boxes(
     suffix = f" ({n_partitions} per run)" if n_partitions else ""
     ax.set_title(f"permutation analysis: every split of the latents into true-size groups{suffix}", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
+    return save_figure(fig, path)
+
+
+def plot_rotation_sweeps(
+    sweeps: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], path: str | os.PathLike, ylabel: str = "latent R²"
+) -> Path:
+    """Latent R² against the rotation angle of the hand position, one colour per method.
+
+    Parameters
+    ----------
+    sweeps : mapping
+        ``method -> [(theta_deg (n_angles,), r2 (n_angles,)), ...]``, one pair per seed.
+    path : str or os.PathLike
+        PNG to write.
+    """
+    methods = list(sweeps)
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method in methods:
+        colour = _method_colour(methods, method)
+        curves = [(np.asarray(theta, dtype=np.float64), np.asarray(r2, dtype=np.float64)) for theta, r2 in sweeps[method]]
+        for theta, r2 in curves:
+            ax.plot(theta, r2, color=colour, linewidth=0.6, alpha=0.25)
+        theta = curves[0][0]
+        same_angles = [r2 for angles, r2 in curves if angles.shape == theta.shape and np.allclose(angles, theta)]
+        ax.plot(
+            theta,
+            np.mean(same_angles, axis=0),
+            "o-",
+            color=colour,
+            linewidth=1.8,
+            markersize=3,
+            label=f"{method} (n={len(curves)})",
+        )
+    ax.set_xlabel("rotation of hand position θ (degrees)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return save_figure(fig, path)
+
+
+def plot_reach_grid(
+    position: np.ndarray,
+    aligned: Mapping[str, np.ndarray],
+    trial: np.ndarray,
+    time: np.ndarray,
+    path: str | os.PathLike,
+    direction: np.ndarray | None = None,
+    scores: Mapping[str, float] | None = None,
+) -> Path:
+    """Hand trajectories beside each method's aligned integrated latents (same bins).
+
+    Parameters
+    ----------
+    position : (n, 2) array
+        Hand position of the scored bins.
+    aligned : mapping
+        ``method -> (n, 2)`` integrated latents mapped onto the position.
+    trial, time : (n,) int arrays
+    path : str or os.PathLike
+        PNG to write.
+    direction : (n,) int array, optional
+        Reach direction of every bin (colours); by trial otherwise.
+    scores : mapping, optional
+        ``method -> latent R²`` shown in the panel titles.
+    """
+    from matplotlib import colormaps
+
+    trial, time = np.asarray(trial).ravel(), np.asarray(time).ravel()
+    trials = np.unique(trial)
+    cmap = colormaps["hsv"]
+    first_rows = np.array([np.flatnonzero(trial == t)[0] for t in trials])
+    if direction is not None:
+        direction = np.asarray(direction).ravel()
+        labels = np.unique(direction)
+        colours = [cmap(np.searchsorted(labels, direction[row]) / max(len(labels), 1)) for row in first_rows]
+    else:
+        colours = [cmap(i / max(len(trials), 1)) for i in range(len(trials))]
+    panels = {
+        "hand position": np.asarray(position, dtype=np.float64),
+        **{m: np.asarray(a, dtype=np.float64) for m, a in aligned.items()},
+    }
+    columns = min(len(panels), 4)
+    rows_of_panels = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(3.2 * columns, 3.1 * rows_of_panels), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows_of_panels, columns)).ravel()
+    for ax, (name, points) in zip(axes, panels.items()):
+        for index, current in enumerate(trials):
+            rows = np.flatnonzero(trial == current)
+            rows = rows[np.argsort(time[rows])]
+            ax.plot(points[rows, 0], points[rows, 1], color=colours[index], linewidth=0.8, alpha=0.8)
+        score = (scores or {}).get(name)
+        ax.set_title(name if score is None else f"{name}\nlatent R² {score:.3f}", fontsize="small")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize="x-small")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     return save_figure(fig, path)

@@ -22,8 +22,8 @@ from facrnn.errors import ConfigError
 from facrnn.evaluation.settings import EvalSettings
 from facrnn.runs.checkpoints import load_checkpoint, read_checkpoint
 from facrnn.runs.provenance import checkpoint_record, evaluation_provenance
-from facrnn.runs.resume import check_fresh_run_dir, prepare_resume, restore_run_config, run_lock
-from facrnn.runs.run_dir import RunDir, write_text_atomic
+from facrnn.runs.resume import RunConfigWriter, check_fresh_run_dir, prepare_resume, restore_run_config, run_lock
+from facrnn.runs.run_dir import RunDir
 from facrnn.training.faults import raise_if_interrupted
 from facrnn.training.logs import finish_wandb_run
 from facrnn.training.module import FacRNNModule
@@ -81,10 +81,20 @@ def instantiate_datamodule(datamodule_cfg: DictConfig, source: str | Path | None
 
 def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, seed: int | None = None) -> FacRNNModule:
     """Build the LightningModule, taking ``n_neurons`` and ``n_train`` from the data (the rank
-    ``model.latent_dim`` may not exceed the number of channels)."""
+    ``model.latent_dim`` may not exceed the number of channels; a ``from_file`` recording's
+    ground-truth ``group_sizes`` must fit the model's grouping)."""
+    from datamodules.from_file import FromFileDataModule
     from datamodules.validation import check_latents_fit
+    from facrnn.core.grouping import resolve_group_sizes
 
-    check_latents_fit(int(model_cfg.latent_dim), datamodule.n_channels, datamodule.recording.source)
+    latent_dim = sum(  # latent_dim may be null when n_groups x group_rank (or group_sizes) say it
+        resolve_group_sizes(
+            model_cfg.get("latent_dim"), model_cfg.get("n_groups"), model_cfg.get("group_sizes"), model_cfg.get("group_rank")
+        )
+    )
+    check_latents_fit(latent_dim, datamodule.n_channels, datamodule.recording.source)
+    if isinstance(datamodule, FromFileDataModule):
+        datamodule.check_model_grouping(model_cfg)
     extra = {} if seed is None else {"seed": int(seed)}
     return hydra.utils.instantiate(
         model_cfg, n_neurons=datamodule.n_channels, n_train=datamodule.n_train, _convert_="all", **extra
@@ -143,13 +153,16 @@ def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     torch.set_num_threads(training_threads(cfg.get("threads"), configured_copies(cfg.model)))
     run_dir = run.path
     ckpt_path = prepare_resume(cfg, run_dir)  # ckpt_path=last / resume=true; pins the W&B run id
-    write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    config_writer = RunConfigWriter(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    if ckpt_path is None or not run.config_file.is_file():
+        config_writer.write()  # a fresh run; a resume rewrites it only once training continues
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = instantiate_datamodule(cfg.datamodule)
     module = instantiate_module(cfg.model, datamodule, seed=int(cfg.seed))
     callbacks = instantiate_group(cfg.get("callbacks"))
     configure_copies(module, datamodule, callbacks, cfg, run)
+    callbacks.append(config_writer)
     loggers = instantiate_group(cfg.get("logger"))
     keep_logged_history(loggers, ckpt_path)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -165,6 +178,8 @@ def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
         ):  # SIGTERM / Ctrl-C: last.ckpt saved by facrnn.training.faults.InterruptCheckpoint
             raise_if_interrupted(callbacks, run_dir)
             raise
+        if trainer.is_global_zero:
+            config_writer.write()  # a resume of a run already at max_epochs does not start training
         result: dict[str, Any] = {"run_dir": str(run_dir), "method": str(cfg.model.name)}
         result["train_time_s"] = time.perf_counter() - started
         result["callback_metrics"] = {
@@ -328,10 +343,12 @@ def expected_provenance(run_dir: str | Path, settings: EvalSettings) -> dict[str
 
 
 def score(model: LowRankRNN, datamodule: RecordingDataModule, settings: EvalSettings) -> Evaluation:
-    """Score ``model`` on the split ``settings.split`` of ``datamodule``."""
+    """Score ``model`` on the split ``settings.split`` of ``datamodule`` (behavioural
+    alignment maps fitted on the training split)."""
     from facrnn.evaluation.scoring import evaluate_model
 
-    return evaluate_model(model, datamodule.split_tensors(settings.split), datamodule.recording, settings)
+    tensors, training = datamodule.split_tensors(settings.split), datamodule.split_tensors("train")
+    return evaluate_model(model, tensors, datamodule.recording, settings, fit_tensors=training)
 
 
 def evaluate_run(

@@ -334,8 +334,43 @@ class RNGStateCheckpoint(pl.Callback):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + trainer.global_rank)
 
 
+class RunConfigWriter(pl.Callback):
+    """Writes a run's ``config.yaml``, on a resume only once training continues.
+
+    A fresh run writes its config before any data are loaded (:meth:`write`), so an
+    interrupted run can be resumed. A resume continues a run whose ``config.yaml`` matches
+    its checkpoints: it is rewritten (with the command line's changes, e.g.
+    ``trainer.max_epochs``) only when training starts from the restored checkpoint, or fit
+    returns, so a resume that fails first (a truncated or other-shape checkpoint, a data file
+    that vanished, a refused setting) leaves it byte-identical.
+
+    Parameters
+    ----------
+    path : Path
+        ``RUN/config.yaml``.
+    text : str
+        The YAML to write.
+    """
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text, self.written = Path(path), text, False
+
+    def write(self) -> None:
+        """Write the config (atomically), once."""
+        from facrnn.runs.run_dir import write_text_atomic
+
+        if not self.written:
+            write_text_atomic(self.path, self.text)
+            self.written = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write()
+
+
 __all__ = [
     "RNGStateCheckpoint",
+    "RunConfigWriter",
     "check_fresh_run_dir",
     "log_resume",
     "override_keys",

@@ -7,6 +7,9 @@ Every file is written here in ``tmp_path``; size limits are lowered with
 from __future__ import annotations
 
 import logging
+import pickle
+import subprocess
+import sys
 import time
 import tracemalloc
 from datetime import datetime, timezone
@@ -16,11 +19,13 @@ import h5py
 import numpy as np
 import pytest
 
+from datamodules.convert import convert
 from datamodules.from_file import load_file_recording
 from datamodules.loading import MAX_ARRAY_MB_ENV, read_arrays
 from datamodules.monkey_m1 import load_m1_recording, load_nwb, preprocess
 from datamodules.validation import check_latents_fit
 from facrnn.errors import ConfigError, DataError
+from tests.helpers import ROOT, compose_config
 
 pytestmark = pytest.mark.robustness
 
@@ -182,6 +187,39 @@ def test_latent_dim_larger_than_the_channels() -> None:
         check_latents_fit(5, 4, "data.npz")
 
 
+def test_from_file_group_sizes_must_fit_the_model(tmp_path: Path) -> None:
+    from facrnn.runs.pipeline import instantiate_datamodule, instantiate_module
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "grouped.npz"
+    np.savez(path, x=rng.normal(size=(200, 8)), z=rng.normal(size=(200, 6)), group_sizes=np.array([2, 4]))
+
+    def module(*overrides: str):
+        overrides = ("datamodule=from_file", f"datamodule.path={path}", "datamodule.batch_size=32", *overrides)
+        cfg = compose_config("train", list(overrides), tmp_path)
+        return instantiate_module(cfg.model, instantiate_datamodule(cfg.datamodule))
+
+    refused = {
+        (): f"model.latent_dim=6, model.n_groups=2 (groups [3, 3]): {path} has 'group_sizes' [2, 4]; expected the "
+        "file's sizes for 2 groups: model.group_sizes=[2,4] (or another number of groups, scored with the file's grouping)",
+        ("model.group_sizes=[4,2]",): f"model.group_sizes=[4, 2]: {path} has 'group_sizes' [2, 4]; expected the file's "
+        "sizes for 2 groups: model.group_sizes=[2,4] (or another number of groups, scored with the file's grouping)",
+        ("model.latent_dim=4",): f"model.latent_dim=4, model.n_groups=2 (groups [2, 2]): {path} has 'group_sizes' "
+        "[2, 4] (K=6); expected model.latent_dim=6, the file's latent dimension, e.g. model.group_sizes=[2,4] (or a "
+        "file without 'group_sizes')",
+        ("model=lrrnn", "model.latent_dim=8"): f"model.latent_dim=8, model.n_groups=1 (groups [8]): {path} has "
+        "'group_sizes' [2, 4] (K=6); expected model.latent_dim=6",
+    }
+    for overrides, message in refused.items():
+        with pytest.raises(ConfigError) as caught:
+            module(*overrides)
+        assert str(caught.value).startswith(message), str(caught.value)
+        assert len(str(caught.value).splitlines()) == 1
+    assert module("model.group_sizes=[2,4]").group_sizes == [2, 4]
+    assert module("model=lrrnn").group_sizes == [6]  # one group, scored with the file's [2, 4]
+    assert module("model.n_groups=3").group_sizes == [2, 2, 2]  # a group-selection sweep's other G
+
+
 def reach(n_trials: int = 8, n_bins: int = 6, n_units: int = 5) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {
@@ -288,3 +326,158 @@ def test_nwb_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         DataError, match=r"session.nwb: dataset 'hand_vel/data' holds 0.1526 MB \(shape \(10000, 2\), float64\)"
     ):
         load_nwb(path, window_ms=(-100, 200))
+
+
+# ------------------------------------------------------------------ the pickle converter
+
+
+class Forged:
+    """Pickles as the given ``__reduce__`` tuple: a hand-made pickle without writing opcodes."""
+
+    def __init__(self, reduced: tuple) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self) -> tuple:
+        return self.reduced
+
+
+def write_pickle(path: Path, content: object = None, raw: bytes | None = None) -> Path:
+    path.write_bytes(raw if raw is not None else pickle.dumps(content, protocol=4))
+    return path
+
+
+def conversion_refused(source: Path, *parts: str, peak_mb: float = 64) -> str:
+    """``convert(source, ...)`` raises a one-line ``DataError`` naming ``source`` in < 5 s, writing no
+    output and allocating < ``peak_mb``."""
+    out = source.with_suffix(".h5")
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DataError) as caught:
+            convert(source, out)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert message.startswith(str(source)) and len(message.splitlines()) == 1, message
+    for part in parts:
+        assert part in message, (part, message)
+    assert elapsed < 5.0 and peak < peak_mb * 2**20, (elapsed, peak)
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    return message
+
+
+FOUR_MB = np.zeros(2**19)  # 4 MB of float64
+
+
+def test_converter_writes_memo_references_once(tmp_path: Path) -> None:
+    # one 4 MB array named 238 times (a dict, a ragged list) and a DAG of 2**40 paths: the
+    # same objects once each, hard-linked where the pickle refers to them again
+    nested: dict = {"leaf": "s"}
+    for _ in range(40):
+        nested = {"a": nested, "b": nested}
+    content = {"x": {str(index): FOUR_MB for index in range(238)}, "trials": [FOUR_MB, "left"] * 119, "dag": nested}
+    source = write_pickle(tmp_path / "memo.pkl", content)
+    out = tmp_path / "memo.h5"
+    assert convert(source, out) == ["x", "trials", "dag"]
+    assert out.stat().st_size < 2 * source.stat().st_size  # not 953 MB
+    with h5py.File(out, "r") as handle:
+        assert handle["x/0"] == handle["x/237"] == handle["trials/2"]  # one dataset, hard links
+        np.testing.assert_array_equal(handle["x/100"][()], FOUR_MB)
+        assert handle["trials/3"][()].decode() == "left"
+        assert handle["dag/" + "a/b/" * 20 + "leaf"][()].decode() == "s"
+
+
+def test_converter_refuses_a_stacked_memo_bomb_before_allocating(tmp_path: Path) -> None:
+    # a 4 MB pickle whose list stacks one array 30 000 times: 117 GB, at the default limit
+    source = write_pickle(tmp_path / "stack.pkl", {"x": [FOUR_MB] * 30_000})
+    assert source.stat().st_size < 5 * 2**20
+    conversion_refused(source, "'x' would take 117.2 GB to write (30000 stacked items); expected at most 2048 MB", LIMIT_HINT)
+
+
+def test_converter_total_output_is_limited(tmp_path: Path, one_mb: None) -> None:
+    row = np.arange(2**12, dtype=np.float64)  # 32 kB, stacked 8 times into 0.25 MB under each of five keys
+    source = write_pickle(tmp_path / "total.pkl", {f"x{index}": [row] * 8 for index in range(5)})
+    conversion_refused(source, "converting it would write more than 1 MB (1.25 MB by 'x4'); expected at most 1 MB per file")
+
+
+_RECONSTRUCT = (np.ndarray.__reduce__(np.zeros(1))[0], (np.ndarray, (0,), b"b"))
+
+
+@pytest.mark.parametrize(
+    ("reduced", "part"),
+    [
+        (
+            (_RECONSTRUCT[0], (np.ndarray, (2**37,), b"b")),
+            "unpickling would allocate 128 GB for one array (shape (137438953472,), int8)",
+        ),
+        (
+            (*_RECONSTRUCT, (1, (2**34,), np.dtype(">f8"), False, b"")),
+            "unpickling would allocate 128 GB for one array (shape (17179869184,), >f8)",
+        ),
+        ((np.ndarray, ((2**37,), np.dtype("u1"))), "unpickling would allocate 128 GB for one array"),
+        ((bytearray, (2**37,)), "unpickling would allocate 128 GB for one array (shape (137438953472,), uint8)"),
+    ],
+    ids=["reconstruct-shape", "setstate-shape", "ndarray", "bytearray"],
+)
+def test_converter_refuses_forged_sizes_before_allocating(tmp_path: Path, reduced: tuple, part: str) -> None:
+    source = write_pickle(tmp_path / "forged.pkl", {"x": Forged(reduced)})
+    assert source.stat().st_size < 1000
+    conversion_refused(source, part, "expected at most 2048 MB", peak_mb=1)
+
+
+def test_converter_refuses_arrays_copied_from_one_memo_string(tmp_path: Path, one_mb: None) -> None:
+    # numpy copies (and byte-swaps) a str of raw data into every array it fills from it
+    raw = "\0" * 2**18
+    arrays = [Forged((*_RECONSTRUCT, (1, (2**15,), np.dtype(">f8"), False, raw))) for _ in range(100)]
+    source = write_pickle(tmp_path / "rawdata.pkl", {"x": arrays})
+    assert source.stat().st_size < 2**19
+    conversion_refused(source, "unpickling would allocate more than 1 MB for its arrays (1.25 MB by array 5", "per file")
+
+
+def test_converter_refuses_cycles_and_deep_nesting(tmp_path: Path) -> None:
+    loop: list = []
+    loop.append(loop)
+    conversion_refused(
+        write_pickle(tmp_path / "loop.pkl", {"x": loop}),
+        "'x/0' refers back to its own container 'x' (a self-referencing pickle); expected a tree of containers",
+    )
+    itself: dict = {}
+    itself["me"] = {"again": itself}
+    conversion_refused(write_pickle(tmp_path / "dict.pkl", {"x": itself}), "'x/me/again' refers back to its own container 'x'")
+    depth = 100_000  # nested lists no pickler writes (it would recurse), made of opcodes
+    deep = b"\x80\x02}X\x01\x00\x00\x00x" + b"]" * depth + b"a" * (depth - 1) + b"s."
+    conversion_refused(
+        write_pickle(tmp_path / "deep.pkl", raw=deep), "nests containers 65 levels deep; expected at most 64 levels"
+    )
+    many = write_pickle(tmp_path / "many.pkl", {"x": [str(index) for index in range(100_001)]})
+    conversion_refused(many, "converting it would write more than 100000 HDF5 groups, datasets and links (reached at 'x/")
+
+
+def test_converter_command_line_reports_cycles_and_a_missing_folder_in_one_line(tmp_path: Path) -> None:
+    loop: list = []
+    loop.append(loop)
+    source = write_pickle(tmp_path / "loop.pkl", {"x": loop})
+    plain = write_pickle(tmp_path / "plain.pkl", {"x": np.arange(4.0)})
+    missing = tmp_path / "no" / "such" / "out.h5"
+    with pytest.raises(DataError) as caught:
+        convert(plain, missing)
+    assert str(caught.value) == (
+        f"{missing}: the output folder {missing.parent} does not exist; expected an existing folder (create it first)"
+    )
+    for args, part in (
+        ([source, tmp_path / "loop.h5"], f"error: {source}: 'x/0' refers back to its own container 'x'"),
+        ([plain, missing], f"error: {missing}: the output folder {missing.parent} does not exist"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "datamodules.convert", *map(str, args)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(part), line
+    assert not missing.parent.exists()

@@ -12,14 +12,18 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
 from facrnn.evaluation.behaviour import (
+    BehaviourBins,
+    apply_group_maps,
     behaviour_grouping,
     evaluate_behaviour,
+    fit_group_maps,
     integrate_within_trials,
     latent_r2,
     rotate,
     rotation_sweep,
     write_rotation_sweep_csv,
 )
+from facrnn.evaluation.metrics import group_latent_r2
 from facrnn.plots.behaviour import plot_reach_trajectories, plot_rotation_sweep, write_behaviour_figures
 from facrnn.plots.fit import loading_order, plot_sorted_connectivity
 
@@ -144,7 +148,8 @@ def test_evaluate_behaviour_and_csv(tmp_path: Path) -> None:
     latents = rotate(data["velocity"], np.pi / 4) + 0.1 * data["noise"][:, :2]
     direction = np.arange(N_TRIALS) % 8
     result = evaluate_behaviour(latents, data["velocity"], data["trial"], data["time"], [1, 1], direction)
-    assert set(result.metrics) == {"latent_r2", "rotation_r2_min", "rotation_r2_max", "rotation_best_deg"}
+    assert set(result.metrics) == {"latent_r2", "latent_r2_refit", "rotation_r2_min", "rotation_r2_max", "rotation_best_deg"}
+    assert result.metrics["latent_r2_refit"] == result.metrics["latent_r2"]  # no training trials given: in-sample
     assert result.metrics["rotation_best_deg"] == pytest.approx(45.0)
     assert result.metrics["rotation_r2_min"] <= result.metrics["latent_r2"] <= result.metrics["rotation_r2_max"]
     np.testing.assert_array_equal(result.direction, direction[data["trial"]])
@@ -161,7 +166,7 @@ def test_evaluate_behaviour_and_csv(tmp_path: Path) -> None:
     three = evaluate_behaviour(
         latents, np.concatenate([data["velocity"], data["noise"][:, :1]], 1), data["trial"], data["time"], [1, 1]
     )
-    assert set(three.metrics) == {"latent_r2"} and three.sweep is None
+    assert set(three.metrics) == {"latent_r2", "latent_r2_refit"} and three.sweep is None
 
 
 def test_behaviour_plots_validate_shapes(tmp_path: Path) -> None:
@@ -193,3 +198,51 @@ def test_sorted_connectivity_plot(tmp_path: Path) -> None:
         plot_sorted_connectivity(groups.sum(0), groups[:, :10], tmp_path / "x.png")
     with pytest.raises(ValueError, match="percentile=0"):
         plot_sorted_connectivity(groups.sum(0), groups, tmp_path / "x.png", percentile=0)
+
+
+# ------------------------------------------------------------ maps fitted on training trials
+def test_maps_fitted_and_scored_on_the_same_bins_equal_group_latent_r2() -> None:
+    rng = np.random.default_rng(3)
+    source = rng.standard_normal((200, 4))
+    target = np.column_stack([source[:, :2] @ rng.standard_normal((2, 1)), source[:, 2:] @ rng.standard_normal((2, 1))])
+    target += 0.3 * rng.standard_normal(target.shape)
+    maps = fit_group_maps(target, source, [1, 1], [2, 2])
+    own, reference = apply_group_maps(maps, target, source), group_latent_r2(target, source, [1, 1], [2, 2])
+    assert own.score == pytest.approx(reference.score, abs=1e-12) and own.matching == reference.matching
+    np.testing.assert_allclose(own.r2_matrix, reference.r2_matrix, atol=1e-12)
+    np.testing.assert_allclose(maps.fit_r2, reference.r2_matrix, atol=1e-12)
+    # against sklearn: held-out R² of the map fitted on the first half, scored on the second
+    half = slice(0, 100), slice(100, 200)
+    held_out = apply_group_maps(
+        fit_group_maps(target[half[0]], source[half[0]], [1, 1], [2, 2]), target[half[1]], source[half[1]]
+    )
+    for i, j in held_out.matching:
+        fitted = LinearRegression().fit(source[half[0], 2 * j : 2 * j + 2], target[half[0], i])
+        expected = r2_score(target[half[1], i], fitted.predict(source[half[1], 2 * j : 2 * j + 2]))
+        assert held_out.r2_matrix[i, j] == pytest.approx(expected, abs=1e-10)
+
+
+def test_held_out_latent_r2_uses_the_training_trials_maps() -> None:
+    """Latents that follow the hand in the training trials but not in the scored ones: the
+    refitted (in-sample) alignment still finds an affine map, the held-out one does not."""
+    data = reaching()
+    trial = data["trial"]
+    train, test = trial < 16, trial >= 16
+    latents = data["velocity"] + 0.05 * data["noise"][:, :2]
+    scrambled = latents.copy()
+    scrambled[test] = latents[test][:, ::-1] * np.array([1.0, -1.0])  # axes swapped and mirrored in the test trials
+    fit_on = BehaviourBins(scrambled[train], data["velocity"][train], trial[train], data["time"][train])
+    result = evaluate_behaviour(
+        scrambled[test], data["velocity"][test], trial[test], data["time"][test], [1, 1], fit_on=fit_on
+    )
+    assert result.metrics["latent_r2_refit"] > 0.95  # refitted on the scored trials: in-sample
+    assert result.metrics["latent_r2"] < 0.0  # the training trials' maps: the scrambling shows
+    clean = evaluate_behaviour(
+        latents[test],
+        data["velocity"][test],
+        trial[test],
+        data["time"][test],
+        [1, 1],
+        fit_on=BehaviourBins(latents[train], data["velocity"][train], trial[train], data["time"][train]),
+    )
+    assert clean.metrics["latent_r2"] > 0.9  # the same maps on latents that keep following the hand

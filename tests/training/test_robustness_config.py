@@ -54,6 +54,103 @@ def test_the_error_line_starts_a_line_of_its_own_after_the_progress_bar(tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "not finite" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    # and the line says why: the loss diverged, likely from the learning rate
+    assert errors[0].startswith("error: training stopped at step ") and ": the loss diverged: the " in errors[0]
+    assert "likely because the learning rate model.lr=1e+10 is too large (expected model.lr < 0.1" in errors[0]
+
+
+class _Module:
+    """Stands in for the LightningModule a trainer fits: its ``hparams.lr`` and default ``lr``."""
+
+    def __init__(self, lr: float = 3e-3) -> None:
+        self.hparams = {"lr": lr}
+
+
+@pytest.mark.parametrize("lr", [1e10, 3e-3])
+def test_a_nonfinite_loss_names_a_large_learning_rate_as_the_likely_cause(lr: float) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from facrnn.training.nonfinite import NonfiniteLossPolicy
+
+    names = ("loss", "nll", "kl", "partial_corr", "overlap")
+    terms = torch.tensor([[1.0, 1.0, 0.5, 0.1, 0.0], [float("nan"), float("inf"), float("inf"), 0.1, 0.0]])
+    trainer = SimpleNamespace(lightning_module=_Module(lr), checkpoint_callback=None)
+    message = str(NonfiniteLossPolicy(names).error(terms, last_step=2, epoch=0, trainer=trainer))
+    assert len(message.splitlines()) == 1 and message.endswith("set model.nonfinite_skip_limit to skip such batches")
+    if lr > 1:
+        assert message.startswith(
+            "training stopped at step 2 (epoch 0): the loss diverged: the nll and kl terms are not finite (loss=nan, "
+            "nll=inf, kl=inf, partial_corr=0.1, overlap=0), likely because the learning rate model.lr=1e+10 is too "
+            "large (expected model.lr < 0.1; the default is 0.003); no checkpoint was saved before it; "
+        ), message
+    else:  # an ordinary learning rate: no guess at the cause
+        assert message.startswith("training stopped at step 2 (epoch 0): the nll and kl terms are not finite (")
+        assert "diverged" not in message and "likely" not in message
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_a_value_the_schema_refuses_is_one_error_line(multirun: bool, tmp_path: Path) -> None:
+    # Hydra reports it in several lines (message, full_key, reference_type, object_type, a hint)
+    args = ["model.group_sizes=[3.9,3.1]", f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *(["-m", "model.beta=1,2"] if multirun else []), *args],
+        cwd=tmp_path,
+        env={"FACRNN_ROOT": str(tmp_path), "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: model.group_sizes[0]=3.9: expected a value of type int (an element of ModelSettings.group_sizes)"
+    ]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_failed_resume_leaves_the_run_config_byte_identical(tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from facrnn.errors import CheckpointError, DataFileNotFoundError
+    from facrnn.runs import pipeline
+    from facrnn.runs.run_dir import RunDir
+
+    data = tmp_path / "recording.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=np.sin(np.arange(600)[:, None] * rng.uniform(0.05, 0.2, 8)) + 0.1 * rng.normal(size=(600, 8)))
+
+    def train(*overrides: str, run_name: str = "run") -> dict:
+        base = ["datamodule=from_file", f"datamodule.path={data}", "datamodule.batch_size=64", "model.latent_dim=4"]
+        base += ["logger=csv", "threads=1", "evaluate=false"]
+        return pipeline.train(compose_config("train", [*base, *overrides], tmp_path, run_name))
+
+    train("trainer.max_epochs=1")
+    train("trainer.max_epochs=1", "model.latent_dim=2", run_name="other")
+    run, other = RunDir(tmp_path / "run"), RunDir(tmp_path / "other")
+    saved, last = run.config_file.read_bytes(), run.checkpoint("last")
+    good = last.read_bytes()
+    resume = ("ckpt_path=last", "trainer.max_epochs=2")
+
+    last.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        train(*resume)
+    assert run.config_file.read_bytes() == saved
+    shutil.copyfile(other.checkpoint("last"), last)  # the weights of another model (latent_dim=2)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the loader says; the config is the point
+        train(*resume)
+    assert run.config_file.read_bytes() == saved
+    last.write_bytes(good)
+    data.rename(data.with_suffix(".gone"))  # the data moved away
+    with pytest.raises(DataFileNotFoundError):
+        train(*resume)
+    assert run.config_file.read_bytes() == saved
+
+    data.with_suffix(".gone").rename(data)  # a resume that trains on: its config, with max_epochs=2
+    train(*resume)
+    assert run.config_file.read_bytes() != saved and "max_epochs: 2" in run.config_file.read_text()
 
 
 def test_a_second_training_in_a_locked_run_directory_is_refused(tiny_train_cfg) -> None:
