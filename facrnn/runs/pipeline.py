@@ -24,6 +24,7 @@ from facrnn.runs.checkpoints import load_checkpoint, read_checkpoint
 from facrnn.runs.provenance import checkpoint_record, evaluation_provenance
 from facrnn.runs.resume import RunConfigWriter, check_fresh_run_dir, prepare_resume, restore_run_config, run_lock
 from facrnn.runs.run_dir import RunDir
+from facrnn.training.checkpoint_files import check_state_fits
 from facrnn.training.faults import raise_if_interrupted
 from facrnn.training.logs import finish_wandb_run
 from facrnn.training.module import FacRNNModule
@@ -163,6 +164,13 @@ def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     configure_copies(module, datamodule, callbacks, cfg, run)
     callbacks.append(config_writer)
+    if ckpt_path is not None:  # another model's checkpoint: one line, not load_state_dict's traceback
+        check_state_fits(
+            ckpt_path,
+            read_checkpoint(ckpt_path)["state_dict"],
+            module.state_dict(),
+            hint="resume it with the config it was trained with (its own hydra.run.dir), or train afresh",
+        )
     loggers = instantiate_group(cfg.get("logger"))
     keep_logged_history(loggers, ckpt_path)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

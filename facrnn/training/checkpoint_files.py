@@ -252,9 +252,37 @@ def read_checkpoint(path: str | Path, hint: str = RETRAIN_HINT, map_location: An
     return checkpoint
 
 
+def check_state_fits(path: str | Path, state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor], hint: str) -> None:
+    """Refuse a stored ``state_dict`` whose tensors a model's own ``expected`` state does not take.
+
+    Raises
+    ------
+    CheckpointError
+        The first tensor missing, unexpected or of another shape, with both shapes (one line),
+        instead of ``load_state_dict``'s multi-line ``RuntimeError``.
+    """
+    for name, tensor in expected.items():
+        if name not in state_dict:
+            raise CheckpointError(f"{path}: state_dict has no {name}; expected a checkpoint of this run's model: {hint}")
+        stored = state_dict[name]
+        if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != tuple(tensor.shape):
+            shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
+            raise CheckpointError(
+                f"{path}: state_dict.{name} has shape {shape}; this run's model has {tuple(tensor.shape)} "
+                f"(another latent_dim, grouping, history or data?); expected a checkpoint of this run's model: {hint}"
+            )
+    unexpected = sorted(set(state_dict) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: state_dict has {unexpected[0]}, which this run's model does not; "
+            f"expected a checkpoint of this run's model: {hint}"
+        )
+
+
 __all__ = [
     "RETRAIN_HINT",
     "check_hyper_parameters",
+    "check_state_fits",
     "load_weights_only",
     "read_checkpoint",
 ]
