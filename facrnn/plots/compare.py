@@ -357,7 +357,8 @@ def plot_reach_grid(
             rows = rows[np.argsort(time[rows])]
             ax.plot(points[rows, 0], points[rows, 1], color=colours[index], linewidth=0.8, alpha=0.8)
         score = (scores or {}).get(name)
-        ax.set_title(name if score is None else f"{name}\nlatent R² {score:.3f}", fontsize="small")
+        label = name.replace("[", "\n[").replace(",", ",\n")  # long config labels: one key per line
+        ax.set_title(label if score is None else f"{label}\nlatent R² {score:.3f}", fontsize="x-small")
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize="x-small")
