@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,17 @@ from scipy import optimize, signal
 
 from facrnn.core.grouping import group_slices
 from facrnn.core.model import history_kernel
+from facrnn.core.partial_correlation import (
+    EstimatorBudget,
+    KDEEstimate,
+    blockwise_estimate,
+    centre_subset,
+    kernel_log_sums,
+    own_kernel_sums,
+    posterior_queries,
+    standard_error,
+    weighted_log_mass,
+)
 from facrnn.evaluation.metrics import r2_score
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,7 @@ __all__ = [
     "find_fixed_points",
     "free_generation",
     "gaussian_mixture_kl",
+    "gaussian_mixture_kl_estimate",
     "group_coupling",
     "jacobians",
     "k_step_r2",
@@ -302,6 +315,7 @@ def gaussian_mixture_kl(
     n_mc: int = 4,
     seed: int = 0,
     chunk: int = 2048,
+    budget: EstimatorBudget | None = None,
 ) -> float:
     """State-space divergence ``KL(p_ref || p_cand)`` of two point clouds (trajectories).
 
@@ -309,7 +323,9 @@ def gaussian_mixture_kl(
     ``width²`` per point (Brenner et al. 2022's ``D_stsp`` for high-dimensional states);
     the KL divergence is estimated by Monte Carlo with ``n_mc`` samples per reference
     component. Both clouds are first standardised with the reference's mean and standard
-    deviation per dimension, so the measure is scale-free.
+    deviation per dimension, so the measure is scale-free. Above
+    ``budget.exact_max_points`` points, a subsampled estimate linear in the number of points
+    (:func:`gaussian_mixture_kl_estimate`, which also gives the standard error).
 
     Parameters
     ----------
@@ -322,6 +338,10 @@ def gaussian_mixture_kl(
         ``n^(-1/(d+4))``.
     n_mc : int
     seed : int
+    chunk : int
+        Samples per chunk of the exact estimate.
+    budget : EstimatorBudget, optional
+        When and how to subsample (default :class:`~facrnn.core.partial_correlation.EstimatorBudget()`).
 
     Returns
     -------
@@ -329,6 +349,35 @@ def gaussian_mixture_kl(
         In nats; 0 for identical clouds (up to Monte Carlo error), large when the
         candidate misses regions the reference visits.
     """
+    return gaussian_mixture_kl_estimate(reference, candidate, width, n_mc, seed, chunk, budget).value
+
+
+def gaussian_mixture_kl_estimate(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    width: float | None = None,
+    n_mc: int = 4,
+    seed: int = 0,
+    chunk: int = 2048,
+    budget: EstimatorBudget | None = None,
+) -> KDEEstimate:
+    """:func:`gaussian_mixture_kl` with its Monte Carlo standard error.
+
+    Exact (``n_mc`` samples of every reference component scored against every component of
+    both mixtures, O(n_mc n (n + m)) time) when both clouds have at most
+    ``budget.exact_max_points`` points; otherwise ``budget.query_samples`` seeded draws
+    ``s = r_i + width eps`` (``i`` uniform) scored against every component of both mixtures
+    (or seeded subsets of ``budget.max_centres``: the reference's own component kept and the
+    others importance weighted, the candidate's mixture estimated by the subset's mean),
+    O(query_samples (n + m)) time. The standard error is that of the mean over samples (over
+    query blocks with their own subsets when subsampling components).
+
+    Returns
+    -------
+    KDEEstimate
+        ``value`` in nats; ``inf`` (with NaN standard error) when the candidate is not finite.
+    """
+    budget = EstimatorBudget() if budget is None else budget
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
@@ -338,18 +387,51 @@ def gaussian_mixture_kl(
     reference = (reference - centre) / scale
     candidate = (candidate - centre) / scale
     if not np.all(np.isfinite(candidate)):
-        return float("inf")
+        return KDEEstimate(float("inf"), float("nan"), 0, 0)
     dim = reference.shape[1]
     width = float(reference.shape[0] ** (-1.0 / (dim + 4))) if width is None else float(width)
+    if budget.exact(max(reference.shape[0], candidate.shape[0])):
+        return _exact_mixture_kl(reference, candidate, width, n_mc, seed, chunk)
+    ref_t, cand_t = torch.from_numpy(reference), torch.from_numpy(candidate)
+    n_ref, n_cand = ref_t.shape[0], cand_t.shape[0]
+    generator = torch.Generator().manual_seed(int(seed))
+    queries, own = posterior_queries(ref_t, width, budget.query_samples, generator)
+    own_log_kernel = -0.5 * ((queries - ref_t[own]) / width).pow(2).sum(-1)  # log N(s; r_i) up to constants
+    ref_subset, cand_subset = budget.centre_subset(n_ref), budget.centre_subset(n_cand)
+
+    def block_terms(block: slice) -> torch.Tensor:
+        centres = None if ref_subset is None else centre_subset(n_ref, ref_subset, generator)
+        sums = own_kernel_sums(
+            queries[block], own[block], ref_t, width, [dim], centres, budget.tile_bytes, squares=centres is not None
+        )
+        log_ref_mass, _ = weighted_log_mass(sums, own[block], n_ref, centres)
+        log_ref = own_log_kernel[block] + log_ref_mass - math.log(n_ref)
+        cand = cand_t if cand_subset is None else cand_t[centre_subset(n_cand, cand_subset, generator)]
+        log_cand = kernel_log_sums(queries[block], cand, width, budget.tile_bytes, population=n_cand)
+        log_cand = log_cand - math.log(cand.shape[0])
+        return log_ref - log_cand
+
+    subsets = ref_subset is not None or cand_subset is not None
+    return blockwise_estimate(block_terms, budget.query_samples, subsets, ref_subset or n_ref)
+
+
+def _exact_mixture_kl(
+    reference: np.ndarray, candidate: np.ndarray, width: float, n_mc: int, seed: int, chunk: int
+) -> KDEEstimate:
+    """The exact estimate of :func:`gaussian_mixture_kl_estimate` on standardised clouds."""
+    dim = reference.shape[1]
     rng = np.random.default_rng(seed)
     samples = np.repeat(reference, n_mc, axis=0) + width * rng.standard_normal((reference.shape[0] * n_mc, dim))
     ref_t, cand_t = torch.from_numpy(reference), torch.from_numpy(candidate)
     total = 0.0
-    for block in torch.from_numpy(samples).split(chunk):
+    terms = torch.empty(samples.shape[0], dtype=torch.float64)  # once: see _partial_correlation_exact
+    for start, block in zip(range(0, samples.shape[0], chunk), torch.from_numpy(samples).split(chunk)):
         log_ref = _mixture_log_density(block, ref_t, width)
         log_cand = _mixture_log_density(block, cand_t, width)
-        total += float((log_ref - log_cand).sum())
-    return total / samples.shape[0]
+        difference = log_ref - log_cand
+        total += float(difference.sum())
+        terms[start : start + block.shape[0]] = difference
+    return KDEEstimate(total / samples.shape[0], standard_error(terms), samples.shape[0], reference.shape[0])
 
 
 def _mixture_log_density(points: torch.Tensor, centres: torch.Tensor, width: float) -> torch.Tensor:
@@ -585,7 +667,7 @@ class DynamicsResult:
     ----------
     metrics : dict
         ``rollout_r2_auc``, ``rollout_r2_k{k}``, ``generation_state_kl``,
-        ``generation_latent_kl``, ``generation_psd_corr``, ``group_coupling``,
+        ``generation_latent_kl`` (each with its standard error ``..._se``), ``generation_psd_corr``, ``group_coupling``,
         ``n_fixed_points``, ``n_stable_fixed_points`` (those that apply).
     rollout_r2 : (K_max,) array
     generation : Generation or None
@@ -612,6 +694,8 @@ def dynamics_metrics(
     n_pcs: int = 6,
     n_fixed_point_starts: int = 64,
     seed: int = 0,
+    kl_n_mc: int = 4,
+    budget: EstimatorBudget | None = None,
 ) -> DynamicsResult:
     """All rollout measures of a model on one split.
 
@@ -636,6 +720,11 @@ def dynamics_metrics(
     n_fixed_point_starts : int
         Starts of the fixed-point search (0 skips it).
     seed : int
+    kl_n_mc : int
+        Samples per reference point of the exact mixture KLs.
+    budget : EstimatorBudget, optional
+        When the mixture KLs subsample (:func:`gaussian_mixture_kl_estimate`; default
+        :class:`~facrnn.core.partial_correlation.EstimatorBudget()`).
 
     Returns
     -------
@@ -666,10 +755,13 @@ def dynamics_metrics(
     # top principal components, without directions the data do not vary in (noise-free data)
     n_components = max(1, min(n_pcs, int(np.sum(singular_values > 1e-6 * singular_values[0]))))
     projection = right[:n_components].T
-    metrics["generation_state_kl"] = gaussian_mixture_kl(
-        centred @ projection, (generated_x - true_x.mean(0)) @ projection, seed=seed
-    )
-    metrics["generation_latent_kl"] = gaussian_mixture_kl(generation.encoded_latents, generation.generated_latents, seed=seed)
+    clouds = {
+        "generation_state_kl": (centred @ projection, (generated_x - true_x.mean(0)) @ projection),
+        "generation_latent_kl": (generation.encoded_latents, generation.generated_latents),
+    }
+    for name, (reference, candidate) in clouds.items():
+        estimate = gaussian_mixture_kl_estimate(reference, candidate, n_mc=kl_n_mc, seed=seed, budget=budget)
+        metrics[name], metrics[f"{name}_se"] = estimate.value, estimate.se
     psd_corr = power_spectrum_correlation(true_x, generated_x, generation.segments)
     metrics["generation_psd_corr"] = float(np.nanmean(psd_corr)) if np.any(np.isfinite(psd_corr)) else float("nan")
 

@@ -11,7 +11,7 @@ import torch
 from datamodules.recording import Recording
 from facrnn.core.grouping import group_slices
 from facrnn.core.model import LowRankRNN
-from facrnn.core.partial_correlation import partial_correlation_eval
+from facrnn.core.partial_correlation import partial_correlation_estimate
 from facrnn.evaluation.behaviour import BehaviourBins, BehaviourEvaluation, evaluate_behaviour
 from facrnn.evaluation.metrics import (
     component_latent_r2,
@@ -74,8 +74,14 @@ def evaluate_model(
         ``n_mc`` and ``seed`` of the partial-correlation estimate, ``dynamics`` (run the
         rollout measures; needs the split's ``trial`` and ``time`` per bin) and their
         ``rollout_steps`` (``K_max`` of the k-step-ahead R² curve,
-        :mod:`facrnn.evaluation.dynamics`); default :class:`EvalSettings()`. ``split``,
-        ``checkpoint`` and ``figures`` are the caller's.
+        :mod:`facrnn.evaluation.dynamics`), ``kl_n_mc``, and the estimators' budget
+        (``exact_max_points``, ``query_samples``, ``max_centres``, ``chunk_mb``: exact up to
+        ``exact_max_points`` bins, linear in the number of bins above; docs/evaluation.md);
+        default :class:`EvalSettings()`. ``split``, ``checkpoint`` and ``figures`` are the caller's.
+
+    Every Monte Carlo estimate comes with its standard error: ``partial_corr_se``,
+    ``total_corr_se`` (and ``generation_state_kl_se``, ``generation_latent_kl_se`` of the
+    rollout measures).
 
     The history ``L`` of the rollouts and the observation model behind ``cond_loglik``
     (plus ``bits_per_spike`` for Poisson counts) are the model's own (``model.history``,
@@ -96,8 +102,10 @@ def evaluate_model(
         eval_sizes = evaluation_grouping(model.group_sizes, true_sizes)
     else:
         eval_sizes = list(model.group_sizes)
-    metrics["partial_corr"] = partial_correlation_eval(means.double(), model.width, eval_sizes, n_mc, seed)
-    metrics["total_corr"] = partial_correlation_eval(means.double(), model.width, [1] * latent_dim, n_mc, seed)
+    budget = settings.budget
+    for name, sizes in (("partial_corr", eval_sizes), ("total_corr", [1] * latent_dim)):
+        estimate = partial_correlation_estimate(means.double(), model.width, sizes, n_mc, seed, budget)
+        metrics[name], metrics[f"{name}_se"] = estimate.value, estimate.se
     result = Evaluation(metrics=metrics, eval_group_sizes=eval_sizes)
     if settings.dynamics and "trial" in tensors and "time" in tensors:
         from facrnn.evaluation.dynamics import dynamics_metrics
@@ -111,6 +119,8 @@ def evaluate_model(
             external_input=None if recording.external_input is None else torch.from_numpy(recording.external_input),
             max_steps=settings.rollout_steps,
             seed=seed,
+            kl_n_mc=settings.kl_n_mc,
+            budget=budget,
         )
         metrics.update(result.dynamics.metrics)
 

@@ -19,6 +19,7 @@ from facrnn.core.grouping import group_slices
 from facrnn.plots.save import save_figure
 
 __all__ = [
+    "MAX_ATTRACTOR_POINTS",
     "plot_attractors",
     "plot_coupling",
     "plot_rollout_curves",
@@ -60,12 +61,18 @@ def plot_rollout_curves(
     return save_figure(fig, path)
 
 
+#: states drawn per trajectory of :func:`plot_attractors` (a 3-D line of 100k vertices takes
+#: seconds to render and shows no more than its first few thousand)
+MAX_ATTRACTOR_POINTS = 2000
+
+
 def plot_attractors(
     encoded: np.ndarray,
     generated: np.ndarray,
     group_sizes: Sequence[int],
     path: str | os.PathLike,
     title: str = "encoded (data) vs freely generated latent states",
+    max_points: int = MAX_ATTRACTOR_POINTS,
 ) -> Path:
     """Per latent group: the states the data visit beside those the free-running model visits.
 
@@ -78,8 +85,17 @@ def plot_attractors(
         Posterior means of the data and generated states at the same bins.
     group_sizes : sequence of int
     path : output PNG
+    title : str
+    max_points : int
+        Only the first ``max_points`` states of each trajectory are drawn (said in the title
+        when fewer than ``n``).
     """
+    if int(max_points) < 1:
+        raise ValueError(f"max_points={max_points}: expected a positive integer")
     encoded, generated = np.asarray(encoded), np.asarray(generated)
+    if max(len(encoded), len(generated)) > int(max_points):
+        title = f"{title} (first {int(max_points):,} of {max(len(encoded), len(generated)):,} bins)"
+        encoded, generated = encoded[: int(max_points)], generated[: int(max_points)]
     parts = group_slices(group_sizes)
     fig = Figure(figsize=(4.0 * len(parts), 4.0), layout="constrained")
     fig.suptitle(title, fontsize="medium")

@@ -33,6 +33,9 @@ ESTIMATE_STYLE = {"linestyle": "--", "linewidth": 1.2}
 CONNECTIVITY_CMAP = "RdBu_r"
 # Panel order of the training curves; other logged terms follow alphabetically.
 LOSS_TERM_ORDER = ("loss", "nll", "kl", "partial_corr", "overlap")
+# Most points drawn per training curve (longer curves are thinned evenly, the last point kept):
+# a 600-px panel shows no more, and fewer vertices render faster.
+MAX_CURVE_POINTS = 1000
 SPLITS = ("train", "val")
 
 
@@ -281,12 +284,21 @@ def _symmetric_limit(*matrices: np.ndarray) -> float:
     return limit if limit > 0 and math.isfinite(limit) else 1.0
 
 
-def _heat_map(fig: Figure, ax: Axes, matrix: np.ndarray, limit: float, title: str) -> None:
+def _heat_map(fig: Figure, ax: Axes, matrix: np.ndarray, limit: float, title: str, colorbar: bool = True):
     image = ax.imshow(matrix, cmap=CONNECTIVITY_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="equal")
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("presynaptic neuron")
     ax.set_ylabel("postsynaptic neuron")
-    fig.colorbar(image, ax=ax, shrink=0.85)
+    if colorbar:
+        fig.colorbar(image, ax=ax, shrink=0.85)
+    return image
+
+
+def _row_colorbar(fig: Figure, axes: Sequence[Axes], image) -> None:
+    """One colour bar for a row of heat maps that share their limits (one per panel would
+    double the axes that the layout has to place)."""
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.85)
 
 
 def _check_square(matrix: np.ndarray | None, name: str, n: int | None = None) -> np.ndarray | None:
@@ -345,7 +357,8 @@ def plot_connectivity(
     group: with ``true_group_w``, a row per true group ``W*_g`` with its matched
     learned ``W_h`` on its left (blank if unmatched), then a row per learned group
     left unmatched; without it, one row per learned ``W_g``. Colour limits are
-    symmetric around 0 and shared within a row; titles number groups from 1.
+    symmetric around 0 and shared within a row, with one colour bar per row; titles number
+    groups from 1.
 
     Parameters
     ----------
@@ -403,29 +416,33 @@ def plot_connectivity(
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
 
     limit = _symmetric_limit(w, *([] if w_true is None else [w_true]))
-    _heat_map(fig, axes[0, 0], w, limit, "W (learned)")
+    image = _heat_map(fig, axes[0, 0], w, limit, "W (learned)", colorbar=False)
     if n_cols == 2:
         if w_true is not None:
-            _heat_map(fig, axes[0, 1], w_true, limit, f"W* ({truth_label})")
+            _heat_map(fig, axes[0, 1], w_true, limit, f"W* ({truth_label})", colorbar=False)
         else:
             axes[0, 1].set_axis_off()
+    _row_colorbar(fig, axes[0], image)  # one per row: a row shares its colour limits
 
     for row, (est_g, true_g) in enumerate(rows, start=1):
         shown = [] if est_g is None else [groups[est_g]]
         shown += [] if true_g is None else [groups_true[true_g]]
         limit = _symmetric_limit(*shown)
+        image = None
         if est_g is not None:
-            _heat_map(fig, axes[row, 0], groups[est_g], limit, f"W_{est_g + 1} (learned)")
+            image = _heat_map(fig, axes[row, 0], groups[est_g], limit, f"W_{est_g + 1} (learned)", colorbar=False)
         else:
             axes[row, 0].set_axis_off()
             axes[row, 0].set_title(f"no learned group matched to W*_{true_g + 1}", fontsize="medium")
         if n_cols == 2:
             if true_g is not None:
-                _heat_map(fig, axes[row, 1], groups_true[true_g], limit, f"W*_{true_g + 1} ({truth_label})")
+                true_title = f"W*_{true_g + 1} ({truth_label})"
+                image = _heat_map(fig, axes[row, 1], groups_true[true_g], limit, true_title, colorbar=False)
             else:
                 axes[row, 1].set_axis_off()
                 if groups_true is not None:
                     axes[row, 1].set_title("(unmatched learned group)", fontsize="medium")
+        _row_colorbar(fig, axes[row], image)
     return save_figure(fig, path)
 
 
@@ -534,6 +551,14 @@ def _read_metrics_csv(metrics_csv: Path) -> dict[str, dict[str, tuple[list[float
     return curves
 
 
+def _thinned(epochs: list[float], values: list[float], max_points: int) -> tuple[list[float], list[float]]:
+    """At most ``max_points`` evenly spaced points of a curve, its first and last included."""
+    if len(epochs) <= max_points:
+        return epochs, values
+    keep = np.unique(np.linspace(0, len(epochs) - 1, max_points).round().astype(int))
+    return [epochs[i] for i in keep], [values[i] for i in keep]
+
+
 def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Train and validation curves per loss term against epoch, from a CSVLogger file.
 
@@ -541,7 +566,8 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
     ``partial_corr``, ``overlap`` in that order, then any other term alphabetically),
     with the ``train/`` and ``val/`` curves of that term; a panel whose values are all
     positive and span more than a decade gets a log y-axis. Rows are sparse as
-    Lightning writes them: empty cells are skipped.
+    Lightning writes them: empty cells are skipped. Curves longer than
+    :data:`MAX_CURVE_POINTS` are thinned evenly for drawing (first and last epoch kept).
 
     Parameters
     ----------
@@ -582,9 +608,10 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
             if split not in curves[term]:
                 continue
             epochs, values = curves[term][split]
+            every.extend(values)
+            epochs, values = _thinned(epochs, values, MAX_CURVE_POINTS)
             marker = "o" if len(epochs) <= 30 else None
             ax.plot(epochs, values, marker=marker, markersize=3, linewidth=1.2, label=split, **styles[split])
-            every.extend(values)
         finite = np.asarray(every)[np.isfinite(every)]
         if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
             ax.set_yscale("log")  # positive terms spanning a decade: the early transient would flatten the rest

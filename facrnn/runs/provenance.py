@@ -89,6 +89,15 @@ def evaluation_provenance(run: RunDir, checkpoint: dict[str, Any], settings: Eva
         "eval_seed": settings.seed,
         "rollout_steps": settings.rollout_steps,
         "dynamics": settings.dynamics,
+        # when the PC/TC and mixture-KL estimators subsample (docs/evaluation.md); the tile size only moves memory
+        "estimators": {
+            "exact_max_points": settings.exact_max_points,
+            "query_samples": settings.query_samples,
+            "max_centres": settings.max_centres,
+            "kl_n_mc": settings.kl_n_mc,
+        },
+        # behaviour (M1) latent_r2: alignment maps fitted on the training split, applied to the scored one
+        "behaviour_alignment": "train",
         "seed": int(cfg.get("seed", 0)),
         "config_hash": config_hash(cfg),
         "facrnn_version": package_version(),

@@ -252,3 +252,22 @@ def test_last_checkpoint_is_the_latest_state_even_when_validation_got_worse(tiny
     last = torch.load(run.checkpoint("last"), weights_only=True)
     assert best["epoch"] == 0  # the first validation was the best
     assert last["epoch"] == 3 and last["global_step"] > best["global_step"]  # last.ckpt: the end of training
+
+
+def test_the_estimator_settings_are_part_of_what_was_measured(tmp_path: Path) -> None:
+    """Metrics scored with other estimator settings (exact vs subsampled) are not reused as the same measurement."""
+    from facrnn.evaluation.settings import EvalSettings
+    from facrnn.runs.provenance import evaluation_key, evaluation_provenance
+    from facrnn.runs.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config_file.write_text("seed: 3\ndatamodule:\n  split: even_odd\nmodel:\n  name: facrnn\n")
+    checkpoint = {"file": "checkpoints/best.ckpt", "epoch": 4, "global_step": 20}
+    default = evaluation_provenance(run, checkpoint, EvalSettings())
+    assert default["estimators"] == {"exact_max_points": 4000, "query_samples": 10_000, "max_centres": None, "kl_n_mc": 4}
+    assert default["behaviour_alignment"] == "train"
+    for changes in ({"exact_max_points": 0}, {"query_samples": 500}, {"max_centres": 100}, {"kl_n_mc": 2}):
+        other = evaluation_provenance(run, checkpoint, EvalSettings(**changes))
+        assert evaluation_key(other) != evaluation_key(default), changes
+    assert evaluation_key(evaluation_provenance(run, checkpoint, EvalSettings(chunk_mb=1.0))) == evaluation_key(default)
