@@ -170,6 +170,7 @@ def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
             read_checkpoint(ckpt_path)["state_dict"],
             module.state_dict(),
             hint="resume it with the config it was trained with (its own hydra.run.dir), or train afresh",
+            copies=module.n_copies > 1,
         )
     loggers = instantiate_group(cfg.get("logger"))
     keep_logged_history(loggers, ckpt_path)

@@ -252,8 +252,14 @@ def read_checkpoint(path: str | Path, hint: str = RETRAIN_HINT, map_location: An
     return checkpoint
 
 
-def check_state_fits(path: str | Path, state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor], hint: str) -> None:
+def check_state_fits(
+    path: str | Path, state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor], hint: str, copies: bool = False
+) -> None:
     """Refuse a stored ``state_dict`` whose tensors a model's own ``expected`` state does not take.
+
+    ``copies``: the model holds batched copies (``model.replicas``/``model.restarts``), whose
+    leading dimension a checkpoint may have fewer of (the restarts' selection keeps one start
+    per replica; the module restricts itself when it loads): that dimension is not compared.
 
     Raises
     ------
@@ -265,7 +271,8 @@ def check_state_fits(path: str | Path, state_dict: Mapping[str, Any], expected: 
         if name not in state_dict:
             raise CheckpointError(f"{path}: state_dict has no {name}; expected a checkpoint of this run's model: {hint}")
         stored = state_dict[name]
-        if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != tuple(tensor.shape):
+        compared = slice(1, None) if copies else slice(None)
+        if not isinstance(stored, torch.Tensor) or tuple(stored.shape)[compared] != tuple(tensor.shape)[compared]:
             shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
             raise CheckpointError(
                 f"{path}: state_dict.{name} has shape {shape}; this run's model has {tuple(tensor.shape)} "
