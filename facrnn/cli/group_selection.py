@@ -69,14 +69,19 @@ def _run_dirs(directories: Iterable[str | Path]) -> list[Path]:
 
 
 def own_partial_corr(run_dir: Path, n_mc: int = 5, seed: int = 0) -> float:
-    """Partial correlation of a run's held-out posterior means under its own grouping (cached)."""
+    """Partial correlation of a run's held-out posterior means under its own grouping (cached).
+
+    The evaluation estimator with its default budget (:class:`EvalSettings`): exact up to
+    ``exact_max_points`` test bins, linear in their number above (docs/evaluation.md).
+    """
     run = RunDir(run_dir)
     cache = run.own_partial_corr_file
     if cache.is_file():
         return float(json.loads(cache.read_text())["partial_corr_own"])
     import torch
 
-    from facrnn.core.partial_correlation import partial_correlation_eval
+    from facrnn.core.partial_correlation import partial_correlation_estimate
+    from facrnn.evaluation.settings import EvalSettings
     from facrnn.runs.checkpoints import load_checkpoint
     from facrnn.runs.pipeline import instantiate_datamodule
 
@@ -85,7 +90,8 @@ def own_partial_corr(run_dir: Path, n_mc: int = 5, seed: int = 0) -> float:
     module = load_checkpoint(run.find_checkpoint("best"))
     with torch.no_grad():
         means = module.model.encode(datamodule.split_tensors("test")["encoder_input"]).double()
-    value = partial_correlation_eval(means, module.model.width, module.group_sizes, n_mc, seed)
+    budget = EvalSettings().budget
+    value = partial_correlation_estimate(means, module.model.width, module.group_sizes, n_mc, seed, budget).value
     cache.write_text(json.dumps({"partial_corr_own": value}) + "\n")
     return float(value)
 
