@@ -8,7 +8,8 @@ repeats this with the hand position rotated by θ, to show whether latent groups
 fixed axes.
 
 Held out: the maps and the matching are fitted on the *training* trials
-(:func:`fit_group_maps`) and applied to the scored trials (:func:`apply_group_maps`), so
+(:func:`facrnn.evaluation.metrics.fit_group_maps`) and applied to the scored trials
+(:func:`~facrnn.evaluation.metrics.apply_group_maps`; re-exported here), so
 ``latent_r2`` of the test split is an out-of-sample R² (``1 - SS_res / SS_tot`` of the
 scored trials; it can be negative). ``latent_r2_refit`` beside it refits the maps on the
 scored trials themselves (the authors' alignment, as
@@ -25,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn.metrics
-from scipy.optimize import linear_sum_assignment
 
-from facrnn.core.grouping import group_slices
-from facrnn.evaluation.metrics import GroupAlignment, _as_matrix, _check_sizes
+from facrnn.evaluation.metrics import GroupAlignment, GroupMaps, _as_matrix, apply_group_maps, fit_group_maps
 
 N_ANGLES = 13
 MAX_ANGLE = np.pi / 2
@@ -135,97 +133,6 @@ class BehaviourBins:
             integrate_within_trials(self.latents, self.trial, self.time),
             integrate_within_trials(self.velocity, self.trial, self.time),
         )
-
-
-@dataclass(frozen=True)
-class GroupMaps:
-    """Affine maps from groups of source columns to groups of target columns, fitted on one set.
-
-    Attributes
-    ----------
-    target_sizes, source_sizes : list of int
-        The groupings (consecutive blocks of columns).
-    coefficients : dict
-        ``(i, j) -> (k_j + 1, d_i)`` least-squares map from source group ``j`` (plus an
-        intercept column) to target group ``i``.
-    fit_r2 : (G_target, G_source) array
-        R² of every map on the bins it was fitted on.
-    matching : list of (int, int)
-        ``(target group, source group)`` pairs chosen by the Hungarian algorithm on ``fit_r2``.
-    """
-
-    target_sizes: list[int]
-    source_sizes: list[int]
-    coefficients: dict[tuple[int, int], np.ndarray]
-    fit_r2: np.ndarray
-    matching: list[tuple[int, int]]
-
-
-def _with_intercept(source: np.ndarray) -> np.ndarray:
-    return np.column_stack([source, np.ones(len(source))])
-
-
-def fit_group_maps(
-    target: np.ndarray, source: np.ndarray, target_sizes: Sequence[int], source_sizes: Sequence[int]
-) -> GroupMaps:
-    """Fit an affine map per (target group, source group) pair on these bins and match groups.
-
-    Parameters
-    ----------
-    target : (n, D) array
-        E.g. hand position.
-    source : (n, K) array
-        E.g. integrated latents.
-    target_sizes, source_sizes : sequence of int
-        Groupings summing to ``D`` and ``K``.
-    """
-    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
-    if len(target) != len(source) or len(target) < 2:
-        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
-    target_sizes = _check_sizes(target_sizes, target.shape[1], "target_sizes", "target", target.shape)
-    source_sizes = _check_sizes(source_sizes, source.shape[1], "source_sizes", "source", source.shape)
-    coefficients, fit_r2 = {}, np.empty((len(target_sizes), len(source_sizes)))
-    for j, source_part in enumerate(group_slices(source_sizes)):
-        design = _with_intercept(source[:, source_part])
-        solution = np.linalg.lstsq(design, target, rcond=None)[0]  # every target column at once
-        prediction = design @ solution
-        for i, target_part in enumerate(group_slices(target_sizes)):
-            coefficients[i, j] = solution[:, target_part]
-            fit_r2[i, j] = sklearn.metrics.r2_score(target[:, target_part], prediction[:, target_part])
-    rows, cols = linear_sum_assignment(fit_r2, maximize=True)
-    matching = [(int(i), int(j)) for i, j in sorted(zip(rows, cols))]
-    return GroupMaps(target_sizes, source_sizes, coefficients, fit_r2, matching)
-
-
-def apply_group_maps(maps: GroupMaps, target: np.ndarray, source: np.ndarray) -> GroupAlignment:
-    """Score fitted ``maps`` on other bins: R² of every pair there, the score of the fitted matching.
-
-    Returns
-    -------
-    GroupAlignment
-        ``score``: mean R² (on these bins) of the pairs matched on the fitting bins;
-        ``r2_matrix``: R² of every pair's fitted map on these bins; ``matching``: the
-        fitting bins' matching; ``aligned``: the matched predictions (NaN for unmatched targets).
-    """
-    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
-    if len(target) != len(source) or len(target) < 2:
-        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
-    target_parts, source_parts = group_slices(maps.target_sizes), group_slices(maps.source_sizes)
-    if target.shape[1] != sum(maps.target_sizes) or source.shape[1] != sum(maps.source_sizes):
-        raise ValueError(
-            f"target has shape {target.shape}, source {source.shape}: expected {sum(maps.target_sizes)} and "
-            f"{sum(maps.source_sizes)} columns, as the maps were fitted"
-        )
-    r2_matrix = np.empty_like(maps.fit_r2)
-    predictions = {}
-    for (i, j), coefficient in maps.coefficients.items():
-        predictions[i, j] = _with_intercept(source[:, source_parts[j]]) @ coefficient
-        r2_matrix[i, j] = sklearn.metrics.r2_score(target[:, target_parts[i]], predictions[i, j])
-    aligned = np.full(target.shape, np.nan)
-    for i, j in maps.matching:
-        aligned[:, target_parts[i]] = predictions[i, j]
-    score = float(np.mean([r2_matrix[i, j] for i, j in maps.matching]))
-    return GroupAlignment(score=score, r2_matrix=r2_matrix, matching=list(maps.matching), aligned=aligned)
 
 
 def align_to_position(

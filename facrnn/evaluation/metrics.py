@@ -27,6 +27,9 @@ from facrnn.core.grouping import group_slices
 from facrnn.core.observation import GaussianObservation, Observation, PoissonObservation
 
 __all__ = [
+    "GroupMaps",
+    "apply_group_maps",
+    "fit_group_maps",
     "GroupAlignment",
     "component_latent_r2",
     "cond_loglik",
@@ -185,11 +188,120 @@ class GroupAlignment:
     aligned: np.ndarray
 
 
-def _affine_fit(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least-squares affine prediction of ``target`` (n, p) from ``source`` (n, q)."""
-    design = np.concatenate([source, np.ones((source.shape[0], 1))], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
-    return design @ coefficients
+@dataclass(frozen=True)
+class GroupMaps:
+    """Affine maps from groups of source columns to groups of target columns, fitted on one set.
+
+    Attributes
+    ----------
+    target_sizes, source_sizes : list of int
+        The groupings (consecutive blocks of columns).
+    coefficients : dict
+        ``(i, j) -> (k_j + 1, d_i)`` least-squares map from source group ``j`` (plus an
+        intercept column) to target group ``i``.
+    fitted : GroupAlignment
+        The maps on the bins they were fitted on: ``r2_matrix`` the in-sample R² of every
+        pair, ``matching`` the Hungarian matching on it (:func:`group_latent_r2`'s result).
+    """
+
+    target_sizes: list[int]
+    source_sizes: list[int]
+    coefficients: dict[tuple[int, int], np.ndarray]
+    fitted: GroupAlignment
+
+    @property
+    def fit_r2(self) -> np.ndarray:
+        """``(G_target, G_source)`` R² of every map on its fitting bins."""
+        return self.fitted.r2_matrix
+
+    @property
+    def matching(self) -> list[tuple[int, int]]:
+        """``(target group, source group)`` pairs matched on the fitting bins."""
+        return self.fitted.matching
+
+
+def _with_intercept(source: np.ndarray) -> np.ndarray:
+    return np.concatenate([source, np.ones((source.shape[0], 1))], axis=1)
+
+
+def _matched(
+    r2_matrix: np.ndarray, matching: list[tuple[int, int]], predictions: dict, shape: tuple[int, ...], target_sizes: list[int]
+) -> GroupAlignment:
+    """The alignment of ``matching``: mean R² of its pairs and their predictions (NaN for unmatched targets)."""
+    target_parts = group_slices(target_sizes)
+    aligned = np.full(shape, np.nan)
+    for i, j in matching:
+        aligned[:, target_parts[i]] = predictions[i, j]
+    score = float(np.mean([r2_matrix[i, j] for i, j in matching]))
+    return GroupAlignment(score=score, r2_matrix=r2_matrix, matching=list(matching), aligned=aligned)
+
+
+def _pair_r2(target: np.ndarray, predictions: dict, target_sizes: list[int], n_source_groups: int) -> np.ndarray:
+    """``(G_target, G_source)`` R² (uniform over a target group's columns) of every pair's prediction."""
+    target_parts = group_slices(target_sizes)
+    r2_matrix = np.empty((len(target_parts), n_source_groups))
+    for (i, j), prediction in predictions.items():
+        r2_matrix[i, j] = sklearn.metrics.r2_score(target[:, target_parts[i]], prediction, multioutput="uniform_average")
+    return r2_matrix
+
+
+def fit_group_maps(
+    target: np.ndarray, source: np.ndarray, target_sizes: Sequence[int], source_sizes: Sequence[int]
+) -> GroupMaps:
+    """Fit an affine map per (target group, source group) pair on these bins and match groups.
+
+    Parameters
+    ----------
+    target : (n, D) array
+        E.g. true latents, or hand position.
+    source : (n, K) array
+        E.g. posterior means, or integrated latents.
+    target_sizes, source_sizes : sequence of int
+        Groupings summing to ``D`` and ``K``.
+    """
+    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
+    if len(target) != len(source) or len(target) < 2:
+        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
+    target_sizes = _check_sizes(target_sizes, target.shape[1], "target_sizes", "target", target.shape)
+    source_sizes = _check_sizes(source_sizes, source.shape[1], "source_sizes", "source", source.shape)
+    coefficients, predictions = {}, {}
+    for j, source_part in enumerate(group_slices(source_sizes)):
+        design = _with_intercept(source[:, source_part])
+        solution = np.linalg.lstsq(design, target, rcond=None)[0]  # every target column at once
+        prediction = design @ solution
+        for i, target_part in enumerate(group_slices(target_sizes)):
+            coefficients[i, j], predictions[i, j] = solution[:, target_part], prediction[:, target_part]
+    r2_matrix = _pair_r2(target, predictions, target_sizes, len(source_sizes))
+    rows, cols = linear_sum_assignment(r2_matrix, maximize=True)
+    matching = [(int(i), int(j)) for i, j in sorted(zip(rows, cols))]
+    fitted = _matched(r2_matrix, matching, predictions, target.shape, target_sizes)
+    return GroupMaps(target_sizes, source_sizes, coefficients, fitted)
+
+
+def apply_group_maps(maps: GroupMaps, target: np.ndarray, source: np.ndarray) -> GroupAlignment:
+    """Score fitted ``maps`` on other bins: R² of every pair there, the score of the fitted matching.
+
+    Returns
+    -------
+    GroupAlignment
+        ``score``: mean R² (on these bins) of the pairs matched on the fitting bins;
+        ``r2_matrix``: R² of every pair's fitted map on these bins; ``matching``: the
+        fitting bins' matching; ``aligned``: the matched predictions (NaN for unmatched targets).
+    """
+    target, source = _as_matrix(target, "target"), _as_matrix(source, "source")
+    if len(target) != len(source) or len(target) < 2:
+        raise ValueError(f"target has shape {target.shape}, source {source.shape}: expected the same n >= 2 rows")
+    if target.shape[1] != sum(maps.target_sizes) or source.shape[1] != sum(maps.source_sizes):
+        raise ValueError(
+            f"target has shape {target.shape}, source {source.shape}: expected {sum(maps.target_sizes)} and "
+            f"{sum(maps.source_sizes)} columns, as the maps were fitted"
+        )
+    source_parts = group_slices(maps.source_sizes)
+    predictions = {
+        (i, j): _with_intercept(source[:, source_parts[j]]) @ coefficient for (i, j), coefficient in maps.coefficients.items()
+    }
+    r2_matrix = _pair_r2(target, predictions, maps.target_sizes, len(maps.source_sizes))
+    return _matched(r2_matrix, maps.matching, predictions, target.shape, maps.target_sizes)
 
 
 def group_latent_r2(
@@ -244,27 +356,7 @@ def group_latent_r2(
         raise ValueError(f"true_latents has shape {true_latents.shape}: R² needs at least 2 samples")
     true_sizes = _check_sizes(true_group_sizes, true_latents.shape[1], "true_group_sizes", "true_latents", true_latents.shape)
     est_sizes = _check_sizes(est_group_sizes, est_latents.shape[1], "est_group_sizes", "est_latents", est_latents.shape)
-    true_parts, est_parts = group_slices(true_sizes), group_slices(est_sizes)
-
-    predictions: dict[tuple[int, int], np.ndarray] = {}
-    r2_matrix = np.empty((len(true_parts), len(est_parts)))
-    for j, est_part in enumerate(est_parts):
-        source = est_latents[:, est_part]
-        # One lstsq per learned group: all true dimensions are fitted at once.
-        prediction = _affine_fit(source, true_latents)
-        for i, true_part in enumerate(true_parts):
-            predictions[i, j] = prediction[:, true_part]
-            r2_matrix[i, j] = sklearn.metrics.r2_score(
-                true_latents[:, true_part], predictions[i, j], multioutput="uniform_average"
-            )
-
-    rows, cols = linear_sum_assignment(r2_matrix, maximize=True)
-    matching = [(int(i), int(j)) for i, j in sorted(zip(rows, cols))]
-    aligned = np.full(true_latents.shape, np.nan)
-    for i, j in matching:
-        aligned[:, true_parts[i]] = predictions[i, j]
-    score = float(np.mean([r2_matrix[i, j] for i, j in matching]))
-    return GroupAlignment(score=score, r2_matrix=r2_matrix, matching=matching, aligned=aligned)
+    return fit_group_maps(true_latents, est_latents, true_sizes, est_sizes).fitted
 
 
 def component_latent_r2(true_latents: np.ndarray, est_latents: np.ndarray) -> GroupAlignment:

@@ -164,16 +164,17 @@ def train_in(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     configure_copies(module, datamodule, callbacks, cfg, run)
     callbacks.append(config_writer)
-    if ckpt_path is not None:  # another model's checkpoint: one line, not load_state_dict's traceback
-        check_state_fits(
+    loggers = instantiate_group(cfg.get("logger"))
+    if ckpt_path is not None:  # read once: checked against this model, and the epoch the CSV log keeps
+        stored = read_checkpoint(ckpt_path)
+        check_state_fits(  # another model's checkpoint: one line, not load_state_dict's traceback
             ckpt_path,
-            read_checkpoint(ckpt_path)["state_dict"],
+            stored["state_dict"],
             module.state_dict(),
             hint="resume it with the config it was trained with (its own hydra.run.dir), or train afresh",
             copies=module.n_copies > 1,
         )
-    loggers = instantiate_group(cfg.get("logger"))
-    keep_logged_history(loggers, ckpt_path)
+        keep_logged_history(loggers, int(stored.get("epoch", -1)))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -243,17 +244,14 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def keep_logged_history(loggers: list[Any], ckpt_path: str | None) -> None:
-    """On a resume, let the CSV logger keep the curves logged up to the checkpoint's epoch
-    (:class:`facrnn.training.logs.ResumableCSVLogger`), so ``csv/metrics.csv`` is appended to."""
+def keep_logged_history(loggers: list[Any], until_epoch: int) -> None:
+    """On a resume, let the CSV logger keep the curves logged up to the resumed checkpoint's
+    epoch (:class:`facrnn.training.logs.ResumableCSVLogger`), so ``csv/metrics.csv`` is appended to."""
     from facrnn.training.logs import ResumableCSVLogger
 
-    if ckpt_path is None:
-        return
-    epoch = int(read_checkpoint(ckpt_path).get("epoch", -1))
     for logger in loggers:
         if isinstance(logger, ResumableCSVLogger):
-            logger.keep_history(until_epoch=epoch)
+            logger.keep_history(until_epoch=until_epoch)
 
 
 def log_evaluation(loggers: list[Any], metrics: dict[str, Any], provenance: dict[str, Any], runs: list[RunDir]) -> None:

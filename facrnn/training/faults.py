@@ -25,6 +25,7 @@ See docs/errors.md and docs/scale.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -355,8 +356,7 @@ class InterruptCheckpoint(pl.Callback):
         epoch, requeue = int(trainer.current_epoch), None
         if signal_name == "SIGTERM" and self._stopped_after_epoch is not None and self._received is not None:
             signal_name, epoch = signal.Signals(self._received).name, self._stopped_after_epoch
-            handler, signum = self._deferred_handler, self._received
-            requeue = lambda: handler(signum, None)  # noqa: E731
+            requeue = functools.partial(self._deferred_handler, self._received, None)
         saved: Path | None = self.checkpoint_path(trainer)
         claim_as_last(trainer, saved)
         try:
