@@ -15,7 +15,8 @@ from datamodules.recording import Recording, drop_constant_channels
 from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
 from datamodules.settings import DataModuleSettings, check_history_fits
 from datamodules.validation import warn_if_axes_swapped
-from facrnn.core.model import encoder_input
+from datamodules.windows import WINDOW_KEYS, WindowDataset
+from facrnn.core.model import encoder_input, past_buffer
 from facrnn.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,10 @@ class RecordingDataModule(pl.LightningDataModule):
         self.batches_per_call = 1  # one batch per training_step unless configure_training says otherwise
         self.copy_seeds: list[int] | None = None
         self.copy_sampler: CopyIndexSampler | None = None  # the model drops copies from it (model.restarts)
+        self.window = 1  # bins per training sample; > 1: rollout windows (model.rollout_window)
+        self._timeline: dict[str, torch.Tensor] = {}  # per-bin tensors in time order, (trials, T, ...)
+        self._train_mask: torch.Tensor | None = None
+        self._missing_past = "first"
 
     def load_recording(self) -> Recording:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -346,6 +351,9 @@ class RecordingDataModule(pl.LightningDataModule):
                 }
             )
         self.recording = recording
+        self._timeline = {key: value for key, value in per_bin.items() if key in WINDOW_KEYS}
+        self._train_mask = torch.from_numpy(masks["train"])
+        self._missing_past = missing_past
         n_train = len(self.splits["train"])
         if n_train < self.batch_size:
             self.splits, self.recording = {}, None
@@ -416,8 +424,19 @@ class RecordingDataModule(pl.LightningDataModule):
         return self.splits[split].tensors
 
     # ------------------------------------------------------------ dataloaders
+    def training_windows(self) -> WindowDataset:
+        """The rollout windows of :attr:`window` bins (:class:`~datamodules.windows.WindowDataset`)."""
+        recording = self._require_setup()
+        timeline = dict(self._timeline)
+        if self.history > 1:
+            timeline["past"] = past_buffer(timeline["x"], self.history, self._missing_past)
+        assert self._train_mask is not None
+        return WindowDataset(timeline, self._train_mask, self.window, recording.source)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.splits[split]
+        dataset: Dataset = self.splits[split]
+        if split == "train" and self.window > 1:
+            dataset = self.training_windows()
         if len(dataset) == 0:
             raise DataError(
                 f"datamodule.split={self.split}: the {split} split of {self._require_setup().source} is empty; "
@@ -431,7 +450,9 @@ class RecordingDataModule(pl.LightningDataModule):
                 sampler = GroupedBatchSampler(sampler, self.batches_per_call)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
-    def configure_training(self, batches_per_call: int = 0, copy_seeds: list[int] | None = None) -> None:
+    def configure_training(
+        self, batches_per_call: int = 0, copy_seeds: list[int] | None = None, window: int = 1
+    ) -> None:
         """How :meth:`train_dataloader` hands batches to the model (set by the pipeline).
 
         Parameters
@@ -442,7 +463,12 @@ class RecordingDataModule(pl.LightningDataModule):
         copy_seeds : list of int, optional
             One shuffling seed per model copy (``model.replicas`` x ``model.restarts``);
             batches are then ``(C, batch)`` index tensors (:class:`CopyIndexSampler`).
+        window : int
+            Bins per training sample (``model.rollout_window``): 1 = single bins; ``W > 1`` =
+            windows of ``W`` consecutive bins starting at training bins
+            (:class:`~datamodules.windows.WindowDataset`), ``batch_size`` windows per batch.
         """
+        self.window = int(window)
         self.batches_per_call = int(batches_per_call)
         self.copy_seeds = list(copy_seeds) if copy_seeds else None
 

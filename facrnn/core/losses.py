@@ -10,7 +10,18 @@ import torch
 LOSS_TERMS = ("loss", "nll", "kl", "partial_corr", "overlap")
 
 
-def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+def sample_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the sample dimension: ``(..., n) -> (...)``; weighted by ``weights`` ``(..., n)``
+    (e.g. a 0/1 mask of the training bins of rollout windows) when given."""
+    if weights is None:
+        return values.mean(-1)
+    weights = weights.to(values.dtype)
+    return (values * weights).sum(-1) / weights.sum(-1)
+
+
+def gaussian_nll(
+    x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative Gaussian log-likelihood with per-neuron std, full constant.
 
     Parameters
@@ -19,6 +30,8 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> 
         Leading dimensions (independent model copies, ``model.replicas``) are kept.
     log_std : (..., N) tensor
         Per-neuron ``log s``.
+    weights : (..., n) tensor, optional
+        Sample weights of the mean over ``n`` (:func:`sample_mean`).
 
     Returns
     -------
@@ -28,10 +41,10 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> 
     log_std = log_std.unsqueeze(-2)
     standardized = (x - mean) * torch.exp(-log_std)
     per_neuron = 0.5 * standardized.pow(2) + log_std + 0.5 * math.log(2.0 * math.pi)
-    return per_neuron.sum(-1).mean(-1)
+    return sample_mean(per_neuron.sum(-1), weights)
 
 
-def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
+def gaussian_kl(means: torch.Tensor, width: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``KL(N(mu, h^2 I) || N(0, I))`` averaged over the batch.
 
     Parameters
@@ -39,6 +52,8 @@ def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
     means : (..., n, K) tensor
     width : float
         Posterior width ``h``.
+    weights : (..., n) tensor, optional
+        Sample weights of the batch mean (:func:`sample_mean`).
 
     Returns
     -------
@@ -47,7 +62,7 @@ def gaussian_kl(means: torch.Tensor, width: float) -> torch.Tensor:
     """
     latent_dim = means.shape[-1]
     constant = 0.5 * latent_dim * (width**2 - 1.0 - 2.0 * math.log(width))
-    return 0.5 * means.pow(2).sum(-1).mean(-1) + constant
+    return 0.5 * sample_mean(means.pow(2).sum(-1), weights) + constant
 
 
 def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
@@ -68,7 +83,9 @@ def overlap_penalty(overlap: torch.Tensor, block_mask: torch.Tensor) -> torch.Te
     return ((1.0 - block_mask) * overlap.pow(2)).mean((-2, -1))
 
 
-def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> torch.Tensor:
+def poisson_nll(
+    x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative Poisson log-likelihood of counts, full constant (``model.likelihood=poisson``).
 
     Parameters
@@ -77,6 +94,8 @@ def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> 
         Counts (non-integer values use the continuous extension ``lgamma(x + 1)``).
     rate : (..., n, N) tensor
         Predicted rates (e.g. ``softplus(A z + a)``), clamped below at ``min_rate``.
+    weights : (..., n) tensor, optional
+        Sample weights of the mean over ``n`` (:func:`sample_mean`).
 
     Returns
     -------
@@ -85,4 +104,4 @@ def poisson_nll(x: torch.Tensor, rate: torch.Tensor, min_rate: float = 1e-8) -> 
     """
     rate = rate.clamp_min(min_rate)
     per_neuron = rate - x * torch.log(rate) + torch.lgamma(x + 1.0)
-    return per_neuron.sum(-1).mean(-1)
+    return sample_mean(per_neuron.sum(-1), weights)

@@ -55,11 +55,14 @@ class Observation:
             mean = mean + external_input
         return mean
 
-    def nll(self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor) -> torch.Tensor:
+    def nll(
+        self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Negative log-likelihood of ``x`` ``(..., n, N)`` given the mean ``(..., n, N)``.
 
         ``log_noise_std`` ``(..., N)`` is the model's per-neuron noise parameter (unused by
-        models without one). Returns ``(...)``: mean over samples of the sum over neurons.
+        models without one). Returns ``(...)``: mean over samples of the sum over neurons,
+        weighted by ``weights`` ``(..., n)`` when given (the training bins of rollout windows).
         """
         raise NotImplementedError
 
@@ -78,8 +81,10 @@ class GaussianObservation(Observation):
 
     name = "gaussian"
 
-    def nll(self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor) -> torch.Tensor:
-        return gaussian_nll(x, mean, log_noise_std)
+    def nll(
+        self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return gaussian_nll(x, mean, log_noise_std, weights=weights)
 
 
 class PoissonObservation(Observation):
@@ -90,8 +95,10 @@ class PoissonObservation(Observation):
     def __init__(self, link: str = "softplus") -> None:
         super().__init__(link)
 
-    def nll(self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor) -> torch.Tensor:
-        return poisson_nll(x, mean)
+    def nll(
+        self, x: torch.Tensor, mean: torch.Tensor, log_noise_std: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return poisson_nll(x, mean, weights=weights)
 
 
 #: observation model class by ``model.likelihood``

@@ -35,7 +35,7 @@ import torch
 from scipy import optimize, signal
 
 from facrnn.core.grouping import group_slices
-from facrnn.core.model import history_kernel
+from facrnn.core.model import history_kernel, past_buffer
 from facrnn.core.partial_correlation import (
     EstimatorBudget,
     KDEEstimate,
@@ -72,31 +72,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- rollout
-
-
-def past_buffer(x: torch.Tensor, n_lags: int, missing_past: str = "zero") -> torch.Tensor:
-    """Squashed past ``tanh(x_{t-1}), ..., tanh(x_{t-L})`` of every bin (most recent first).
-
-    The same convention as :func:`facrnn.core.model.encoder_input`, which equals
-    ``sum_l psi_l buffer[:, t, l]``.
-
-    Parameters
-    ----------
-    x : (trials, T, N) tensor
-    n_lags : int
-        ``L``.
-    missing_past : {"first", "zero"}
-        What stands for bins before the start of a trial.
-
-    Returns
-    -------
-    (trials, T, L, N) tensor
-    """
-    squashed = torch.tanh(x)
-    pad = squashed[:, :1] if missing_past == "first" else torch.zeros_like(squashed[:, :1])
-    padded = torch.cat([pad.expand(-1, n_lags, -1), squashed], dim=1)  # padded[:, L + t] = tanh(x_t)
-    n_bins = x.shape[1]
-    return torch.stack([padded[:, n_lags - lag : n_lags - lag + n_bins] for lag in range(1, n_lags + 1)], dim=2)
 
 
 def rollout(

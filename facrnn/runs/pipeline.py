@@ -105,8 +105,9 @@ def instantiate_module(model_cfg: DictConfig, datamodule: RecordingDataModule, s
 def configure_copies(
     module: FacRNNModule, datamodule: RecordingDataModule, callbacks: list[Any], cfg: DictConfig, run: RunDir
 ) -> None:
-    """Hand the datamodule its batching (``batches_per_call``) and, for batched model copies,
-    one shuffling seed per copy; keep the copies' training checkpoints in ``checkpoints/copies``."""
+    """Hand the datamodule its batching (``batches_per_call``, the rollout windows of
+    ``model.rollout_window``) and, for batched model copies, one shuffling seed per copy; keep
+    the copies' training checkpoints in ``checkpoints/copies``."""
     from facrnn.core.copies import copy_seed
 
     copy_seeds = None
@@ -116,7 +117,11 @@ def configure_copies(
         for callback in callbacks:
             if isinstance(callback, pl.callbacks.ModelCheckpoint):
                 callback.dirpath = str(run.copies_dir)
-    datamodule.configure_training(batches_per_call=int(cfg.get("batches_per_call", 0)), copy_seeds=copy_seeds)
+    datamodule.configure_training(
+        batches_per_call=int(cfg.get("batches_per_call", 0)),
+        copy_seeds=copy_seeds,
+        window=int(module.hparams.get("rollout_window", 1)),
+    )
 
 
 def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:

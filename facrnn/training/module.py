@@ -15,6 +15,7 @@ from facrnn.core.grouping import block_mask
 from facrnn.core.losses import LOSS_TERMS, gaussian_kl, overlap_penalty
 from facrnn.core.model import LowRankRNN
 from facrnn.core.partial_correlation import partial_correlation_minibatch
+from facrnn.core.rollout import forced_rollout, forcing_pattern
 from facrnn.errors import ConfigError
 from facrnn.training.copies import CHECKPOINT_KEY, CopyTracker
 from facrnn.training.fast_loop import EpochMeans, EpochPublisher, batch_on_device, plain_backward_is_equivalent
@@ -107,6 +108,20 @@ class FacRNNModule(pl.LightningModule):
         term and the last good checkpoint. ``k > 0``: skip up to ``k`` such batches (checks
         every step, one host synchronisation per step) before stopping. Plain runs only:
         batched copies drop a diverged copy instead and train the others on.
+    rollout_window : int
+        1 (default): one-step training, every bin decoded from its own encoded state. ``W > 1``:
+        multi-step training on windows of ``W`` consecutive bins (docs/generative.md): the
+        state of a window's first bin is its encoded sample, later states are the latent map's
+        own predictions, the NLL is taken over the window's training bins; KL over them, the
+        PC term on the windows' first bins (a minibatch of training bins as in one-step
+        training). ``datamodule.batch_size`` then counts windows.
+    rollout_interval : int, optional
+        Sparse teacher forcing: force the state to the encoded sample every ``tau`` bins of a
+        window (at training bins); None: only the first bin (free running over the window);
+        1: every training bin (the one-step terms of those bins).
+    rollout_forcing : float
+        Generalized teacher forcing ``alpha`` in [0, 1]: at the other training bins the state
+        is ``(1 - alpha) s + alpha z``; 0 (default) is sparse teacher forcing.
     seed : int, optional
         Base seed of the copies' initialisations; default ``torch.initial_seed()``.
     """
@@ -137,6 +152,9 @@ class FacRNNModule(pl.LightningModule):
         restart_epochs: int | None = None,
         beta_warmup_epochs: int = 0,
         nonfinite_skip_limit: int = 0,
+        rollout_window: int = 1,
+        rollout_interval: int | None = None,
+        rollout_forcing: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -204,19 +222,30 @@ class FacRNNModule(pl.LightningModule):
 
         Scalars for a plain model; ``(C,)`` tensors, one value per copy, for batched copies
         (their batch tensors are ``(C, n, ...)``, or ``(n, ...)``, shared by every copy).
-        ``beta`` overrides ``model.beta`` in ``loss`` (the warm-up ramp).
+        ``beta`` overrides ``model.beta`` in ``loss`` (the warm-up ramp). A batch of rollout
+        windows (it has ``target_mask``) goes to :meth:`rollout_loss_terms`.
         """
-        if self.is_replicated and batch["x"].ndim == 2:
+        windows = "target_mask" in batch
+        sample_ndim = 3 if windows else 2  # (n, W, N) windows or (n, N) bins, per copy
+        if self.is_replicated and batch["x"].ndim == sample_ndim:
             batch = {key: value.expand(self.n_copies, *value.shape) for key, value in batch.items()}
         elif self.is_replicated and batch["x"].shape[0] != self.n_copies:
             # a sampler still drawing for every initial copy (not the datamodule's): keep the kept ones' rows
             batch = {key: value[self.copies.kept_copies] for key, value in batch.items()}
         beta = float(self.hparams.beta) if beta is None else beta
+        if windows:
+            return self.rollout_loss_terms(batch, beta)
         means = self.model.encode(batch["encoder_input"])
         samples = self.model.sample(means)
         reconstruction = self.model.decode(samples, batch.get("external_input"))
         nll = self.model.observation.nll(batch["x"], reconstruction, self.model.log_noise_std)
         kl = gaussian_kl(means, self.width)
+        return self._combine(nll, kl, samples, means, beta)
+
+    def _combine(
+        self, nll: torch.Tensor, kl: torch.Tensor, samples: torch.Tensor, means: torch.Tensor, beta: float
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms from ``nll``, ``kl`` and the PC term of ``samples``/``means`` ``(..., n, K)``."""
         zero = torch.zeros_like(nll)
         partial_corr = (
             partial_correlation_minibatch(
@@ -233,6 +262,35 @@ class FacRNNModule(pl.LightningModule):
         overlap = overlap_penalty(self.model.overlap(), self.block_mask) if self.hparams.alpha > 0 else zero
         loss = nll + kl + beta * partial_corr + self.hparams.alpha * overlap
         return {"loss": loss, "nll": nll, "kl": kl, "partial_corr": partial_corr, "overlap": overlap}
+
+    def rollout_loss_terms(self, batch: dict[str, torch.Tensor], beta: float) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch of rollout windows (``model.rollout_window > 1``).
+
+        ``batch``: ``x``, ``encoder_input`` (and ``external_input``) ``(..., n, W, N)``,
+        ``target_mask`` ``(..., n, W)`` (training bins), ``past`` ``(..., n, W, L, N)`` for
+        ``L > 1``. States from :func:`facrnn.core.rollout.forced_rollout`; NLL and KL averaged
+        over the training bins, the PC term on the windows' first bins.
+        """
+        mask = batch["target_mask"]
+        *lead, n_windows, window, n_neurons = batch["x"].shape
+
+        def bins(tensor: torch.Tensor) -> torch.Tensor:  # (..., n, W, D) -> (..., n W, D)
+            return tensor.reshape(*lead, n_windows * window, tensor.shape[-1])
+
+        means = self.model.encode(bins(batch["encoder_input"]))  # (..., n W, K)
+        samples = self.model.sample(means)
+        samples_windows = samples.reshape(*lead, n_windows, window, -1)
+        forced = forcing_pattern(window, self.hparams.rollout_interval, mask)
+        forcing = float(self.hparams.rollout_forcing)
+        mix = mask.to(samples.dtype) * forcing if forcing > 0 else 0.0
+        states = forced_rollout(self.model, samples_windows, forced, mix, batch.get("past"), batch.get("external_input"))
+        external_input = batch.get("external_input")
+        reconstruction = self.model.decode(bins(states), None if external_input is None else bins(external_input))
+        weights = mask.reshape(*lead, n_windows * window)
+        nll = self.model.observation.nll(bins(batch["x"]), reconstruction, self.model.log_noise_std, weights=weights)
+        kl = gaussian_kl(means, self.width, weights=weights)
+        starts = slice(None, None, window)  # the first bin of every window
+        return self._combine(nll, kl, samples[..., starts, :], means[..., starts, :], beta)
 
     # ------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], batch_idx: int) -> None:

@@ -100,6 +100,9 @@ class ModelSettings:
     restart_epochs: int | None = None
     beta_warmup_epochs: int = 0
     nonfinite_skip_limit: int = 0
+    rollout_window: int = 1
+    rollout_interval: int | None = None
+    rollout_forcing: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -133,6 +136,21 @@ class ModelSettings:
             "the non-finite batches to skip (0: stop at the first)",
             integer=True,
         )
+        require_positive(
+            "model.rollout_window", self.rollout_window, "the bins per training window (1: one-step training)", integer=True
+        )
+        require_positive(
+            "model.rollout_interval",
+            self.rollout_interval,
+            "the bins between forced states, or null (only the first)",
+            integer=True,
+            optional=True,
+        )
+        if not 0.0 <= float(self.rollout_forcing) <= 1.0:
+            raise ConfigError(
+                f"model.rollout_forcing={shown(self.rollout_forcing)}: expected a generalized teacher forcing weight "
+                "in [0, 1] (0: sparse teacher forcing only)"
+            )
         mlp = "mlp" in (self.encoder, self.decoder)
         if self.replicas * self.restarts > 1 and mlp:
             raise ConfigError(
