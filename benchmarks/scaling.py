@@ -1,9 +1,18 @@
 """How one training epoch grows with neurons N, samples M, batch size and latent dimension K:
 time per epoch and peak memory, with fitted growth exponents (log-log least squares).
 
-    python -m benchmarks.scaling                    # all four sweeps, a few minutes
+    python -m benchmarks.scaling                    # all five sweeps, several minutes
+    python -m benchmarks.scaling --quick            # growth in M only (step and pipeline), ~2-3 min
     python -m benchmarks.scaling --sweeps batch K   # some of them
     python -m benchmarks.scaling --steps 100        # more steps timed per point
+
+``M_pipeline`` is the real training path instead: ``facrnn.runs.pipeline.train`` (the
+``train.py`` code path, ``experiment=synthetic_paper`` settings, CSV logger and checkpoints,
+evaluation off) on a random ``(M, N)`` recording read through ``datamodule=from_file``
+(train on even bins: 0.45 M training samples), ``--pipeline-epochs`` whole epochs timed
+from the first to the last training batch; ``setup s`` is the rest of ``train`` (reading
+the file, splits, loggers). Validation runs every 100 epochs in the paper settings and is
+not included.
 
 Each point runs in a fresh process (its own peak RSS) with random data of the given shape
 (the step's cost does not depend on the values) and the pipeline's training computation
@@ -18,7 +27,9 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +44,11 @@ SWEEPS = {
     "M": ("n_samples", [1_000, 10_000, 100_000, 1_000_000], {}),
     "batch": ("batch_size", [128, 512, 1024, 2048, 4096], {"n_samples": 16_384}),
     "K": ("latent_dim", [2, 4, 8, 16], {}),
+    "M_pipeline": ("n_samples", [1_000, 10_000, 100_000, 1_000_000], {}),
 }
+#: sweeps that run the real pipeline (pipeline_case) rather than bare training steps (step_case)
+PIPELINE_SWEEPS = ("M_pipeline",)
+QUICK = {"sweeps": ["M", "M_pipeline"], "steps": 10, "blocks": 2, "pipeline_epochs": 2}
 
 
 def step_case(n_neurons: int, n_samples: int, batch_size: int, latent_dim: int, steps: int, blocks: int) -> dict[str, Any]:
@@ -72,6 +87,43 @@ def step_case(n_neurons: int, n_samples: int, batch_size: int, latent_dim: int, 
     return {"step_s": step, "epoch_s": permutation_seconds + steps_per_epoch * step, "steps_per_epoch": steps_per_epoch}
 
 
+def pipeline_case(n_neurons: int, n_samples: int, epochs: int, workdir: str) -> dict[str, Any]:
+    """Train on a random ``(n_samples, n_neurons)`` recording through ``facrnn.runs.pipeline.train``
+    for ``epochs`` epochs (runs in a child process)."""
+    from benchmarks.common import FitTimer, compose_train_config, quiet_training_runs
+    from facrnn.runs.pipeline import train
+
+    quiet_training_runs()
+    torch.set_num_threads(1)
+    path = Path(workdir) / f"random_{n_samples}x{n_neurons}.npz"
+    x = np.random.default_rng(0).standard_normal((n_samples, n_neurons)).astype(np.float32)
+    np.savez(path, x=x)
+    del x
+    overrides = [
+        "experiment=synthetic_paper",
+        "datamodule=from_file",
+        f"datamodule.path={path}",
+        "logger=csv",
+        "evaluate=false",
+        f"trainer.max_epochs={epochs}",
+        "threads=1",
+        "+callbacks.fit_timer._target_=benchmarks.common.FitTimer",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
+    cfg = compose_train_config(overrides, Path(workdir) / f"run_{n_samples}x{n_neurons}")
+    started = time.perf_counter()
+    train(cfg)
+    total = time.perf_counter() - started
+    fit_s, steps = FitTimer.last["fit_s"], int(FitTimer.last["steps"])
+    return {
+        "step_s": fit_s / steps,
+        "epoch_s": fit_s / epochs,
+        "steps_per_epoch": steps // epochs,
+        "setup_s": total - fit_s,
+    }
+
+
 def growth_exponent(values: list[float], costs: list[float]) -> float:
     """Slope of log(cost) against log(value)."""
     return float(np.polyfit(np.log(values), np.log(costs), 1)[0])
@@ -79,22 +131,35 @@ def growth_exponent(values: list[float], costs: list[float]) -> float:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--blocks", type=int, default=3, help="timed blocks per point (median)")
-    return parser.parse_args()
+    parser.add_argument(
+        "--sweeps", nargs="+", default=None, choices=list(SWEEPS), help="default: all (--quick: M, M_pipeline)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed block (20; --quick 10)")
+    parser.add_argument("--blocks", type=int, default=None, help="timed blocks per point, median (3; --quick 2)")
+    parser.add_argument("--pipeline-epochs", type=int, default=None, help="epochs per M_pipeline point (3; --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="growth in M only, fewer steps: a few minutes")
+    args = parser.parse_args()
+    defaults = QUICK if args.quick else {"sweeps": list(SWEEPS), "steps": 20, "blocks": 3, "pipeline_epochs": 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def main() -> None:
     args = parse_args()
-    print(f"machine: {machine_description()}; one thread per point")
+    print(f"machine: {machine_description()}; one thread per point", flush=True)
+    workdir = tempfile.mkdtemp(prefix="facrnn_scaling_")
     summary = []
     for sweep in args.sweeps:
         key, values, fixed = SWEEPS[sweep]
         rows, epoch_costs, step_costs, memory = [], [], [], []
         for value in values:
             setting = {**BASE, **fixed, key: value}
-            result = run_in_child(step_case, *setting.values(), args.steps, args.blocks)
+            if sweep in PIPELINE_SWEEPS:
+                result = run_in_child(pipeline_case, setting["n_neurons"], setting["n_samples"], args.pipeline_epochs, workdir)
+            else:
+                result = run_in_child(step_case, *setting.values(), args.steps, args.blocks)
             increment = result["peak_rss_mib"] - result["baseline_rss_mib"]
             rows.append(
                 [
@@ -106,14 +171,26 @@ def main() -> None:
                     result["epoch_s"],
                     result["peak_rss_mib"],
                     increment,
+                    result.get("setup_s", "-"),
                 ]
             )
             epoch_costs.append(result["epoch_s"])
             step_costs.append(result["step_s"])
             memory.append(max(increment, 1.0))
-            print(f"{sweep}={value}: {1e3 * result['step_s']:.3f} ms/step, {result['epoch_s']:.3f} s/epoch", flush=True)
+            setup = f", {result['setup_s']:.2f} s set-up" if "setup_s" in result else ""
+            print(f"{sweep}={value}: {1e3 * result['step_s']:.3f} ms/step, {result['epoch_s']:.3f} s/epoch{setup}", flush=True)
         print_table(
-            [f"{sweep} (swept)", "M", "batch", "steps/epoch", "ms/step", "s/epoch", "peak RSS MiB", "peak - imports MiB"],
+            [
+                f"{sweep} (swept)",
+                "M",
+                "batch",
+                "steps/epoch",
+                "ms/step",
+                "s/epoch",
+                "peak RSS MiB",
+                "peak - imports MiB",
+                "setup s",
+            ],
             rows,
             title=f"scaling in {sweep} (others: N={BASE['n_neurons']}, M={fixed.get('n_samples', BASE['n_samples'])}, "
             f"batch={BASE['batch_size']}, K={BASE['latent_dim']})",

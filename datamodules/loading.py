@@ -13,12 +13,15 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from datamodules.validation import check_data_file, numeric_array, reading
 from facrnn.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # imported where a file is read: the training path of other datamodules never loads h5py
+    import h5py
 
 ARRAY_SUFFIXES = (".npz", ".h5", ".hdf5")
 MAX_ARRAY_MB_ENV = "FACRNN_MAX_ARRAY_MB"
@@ -139,6 +142,8 @@ def check_hdf5_dataset(
         External raw storage, a virtual dataset, a dataset in another file, an object
         dtype, or a dataset above the size limit.
     """
+    import h5py
+
     where = str(path)
     expected = "expected data stored in the file itself"
     if dataset.is_virtual:
@@ -166,6 +171,8 @@ def read_hdf5_dataset(
 
     Used for the lazily read datasets pynwb hands out (``.data``, ``.timestamps``).
     """
+    import h5py
+
     if isinstance(dataset, h5py.Dataset):
         check_hdf5_dataset(dataset, name, path, budget, strings)
         return np.asarray(dataset[()])
@@ -174,6 +181,8 @@ def read_hdf5_dataset(
 
 def _hdf5_item(stored: h5py.File, key: str, path: Path) -> h5py.Dataset | None:
     """The dataset at ``key``, None if there is no link of that name; external links and groups raise."""
+    import h5py
+
     link = stored.get(key, getlink=True)
     if link is None:
         return None
@@ -255,6 +264,8 @@ def read_arrays(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray
                 found = list(stored.files)
                 arrays = {key: np.asarray(stored[key]) for key in keys if key in stored.files}
         else:
+            import h5py
+
             with h5py.File(path, "r") as stored:
                 found = list(stored.keys())
                 datasets = {}

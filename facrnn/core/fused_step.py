@@ -1,0 +1,484 @@
+"""Hand-derived forward and backward of the one-step FacRNN training loss, without autograd.
+
+The training loss of :meth:`facrnn.training.module.FacRNNModule.loss_terms` for the linear
+low-rank RNN is small enough to differentiate by hand:
+
+    mu = u B^T + b                       (n, K)   posterior means (encoder)
+    z  = mu + h eps                      (n, K)   posterior samples, eps ~ N(0, I)
+    y  = z A^T + a                       (n, N)   decoder output
+    m  = f(y) + e                        (n, N)   observation mean (link f, external input e)
+    loss = nll(x, m) + kl(mu) + beta pc(z, mu) + alpha mean((1 - mask) * (B A)^2)
+
+With ``g_m = d nll / d m`` and ``g_y = f'(y) g_m``:
+
+    dA = g_y^T z + B^T dO,   da = sum_i g_y,   g_z = g_y A + beta d pc / d z
+    g_mu = g_z + mu / n + beta d pc / d mu,   dB = g_mu^T u + dO A^T,   db = sum_i g_mu
+    dO = 2 alpha (1 - mask) * (B A) / K^2
+
+- Gaussian: ``r = (x - m) exp(-s)``; ``g_m = -r exp(-s) / n``, ``ds = 1 - mean_i r^2``.
+- Poisson: ``rate = max(m, min_rate)``; ``g_m = (1 - x / rate) / n`` where ``m >= min_rate``
+  (else 0, as autograd's ``clamp_min``); ``log_noise_std`` gets no gradient (``None``, as
+  with autograd, so AdamW leaves it alone, weight decay included).
+- The PC term's value and gradients are those of the fused autograd function of
+  :func:`facrnn.core.partial_correlation.partial_correlation_minibatch`, whose forward and
+  backward are called directly (no autograd graph).
+
+Batched copies (:class:`~facrnn.core.copies.ReplicatedLowRankRNN`) are the same with a
+leading copy dimension ``C`` on every tensor; the terms are then ``(C,)`` and the gradients
+those of ``terms["loss"].sum()``.
+
+Agreement with autograd: the loss terms are computed by the same operations in the same
+order as ``loss_terms`` (bit for bit equal, float32 and float64); the gradients agree to
+round-off, not bit for bit (other summation orders: a few ulp of the largest entry, ~1e-16
+in float64 and ~1e-7 in float32), so a trajectory trained with the fused path departs from
+the autograd one by accumulated round-off only (float32: ~1e-7 after 160 AdamW steps).
+The posterior noise is drawn as :meth:`LowRankRNN.sample` draws it (one
+``torch.randn`` of the means' shape from the global generator), so both paths consume the
+same random stream.
+
+:func:`fused_adam_step` applies ``torch.optim.Adam``/``AdamW(fused=True)``'s update directly
+(``torch._fused_adamw_`` / ``torch._fused_adam_``), bit for bit what ``optimizer.step()``
+gives (parameters and state), without the wrappers of ``Optimizer.step``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the usual name)
+
+from facrnn.core.copies import ReplicatedLowRankRNN
+from facrnn.core.losses import gaussian_kl, overlap_penalty, poisson_nll
+from facrnn.core.model import LowRankRNN
+from facrnn.core.observation import GaussianObservation, PoissonObservation
+from facrnn.core.partial_correlation import _MinibatchPartialCorrelation, group_mask
+
+logger = logging.getLogger(__name__)
+
+#: the clamp of the Poisson rate in :func:`facrnn.core.losses.poisson_nll` (its default)
+POISSON_MIN_RATE: float = float(inspect.signature(poisson_nll).parameters["min_rate"].default)
+#: links with a hand-written derivative
+FUSED_LINKS = ("identity", "relu", "softplus")
+#: batch keys the one-step loss reads
+BATCH_KEYS = ("x", "encoder_input", "external_input")
+#: ``nn.functional.softplus`` defaults (``beta``, ``threshold``) of the ``softplus`` link
+_SOFTPLUS_BETA, _SOFTPLUS_THRESHOLD = 1.0, 20.0
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: (plain model attribute path, copies' parameter name) in the order of the gradient tuples
+PARAMETER_NAMES = (
+    ("encoder.weight", "encoder_weight"),  # B: (K, N) / (C, K, N)
+    ("encoder.bias", "encoder_bias"),  # b: (K,) / (C, K)
+    ("decoder.weight", "decoder_weight"),  # A: (N, K) / (C, N, K)
+    ("decoder.bias", "decoder_bias"),  # a: (N,) / (C, N)
+    ("log_noise_std", "log_noise_std"),  # s: (N,) / (C, N)
+)
+
+Model = LowRankRNN | ReplicatedLowRankRNN
+
+
+class _SavedContext:
+    """Stands in for the ``ctx`` of an autograd function: what ``forward`` saves for ``backward``."""
+
+    needs_input_grad = (True, True, False, False, False)
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        self.saved_tensors = tensors
+
+
+def model_parameters(model: Model) -> tuple[torch.Tensor, ...]:
+    """``(B, b, A, a, log_noise_std)`` of a plain linear model or of batched copies (stacked)."""
+    if isinstance(model, ReplicatedLowRankRNN):
+        return (model.encoder_weight, model.encoder_bias, model.decoder_weight, model.decoder_bias, model.log_noise_std)
+    encoder, decoder = model.encoder, model.decoder
+    return (encoder.weight, encoder.bias, decoder.weight, decoder.bias, model.log_noise_std)
+
+
+def fused_model_unsupported_reason(model: Any) -> str | None:
+    """Why the fused path cannot stand in for autograd on ``model``, or None (check it once).
+
+    Supported: a :class:`LowRankRNN` with linear encoder and decoder, or batched copies
+    (:class:`ReplicatedLowRankRNN`); Gaussian or Poisson observations with link identity, relu
+    or softplus; one process (no DDP gather of the PC term); the parameters ``B, b, A, a,
+    log_noise_std`` only, floating point, of one dtype and device, requiring gradients.
+    """
+    if isinstance(model, LowRankRNN):
+        if not model.is_linear or type(model.encoder) is not torch.nn.Linear or type(model.decoder) is not torch.nn.Linear:
+            return "model.encoder/decoder=mlp: only the linear projections are fused"
+    elif not isinstance(model, ReplicatedLowRankRNN):
+        return f"{type(model).__name__}: expected a LowRankRNN or ReplicatedLowRankRNN"
+    observation = model.observation
+    if type(observation) not in (GaussianObservation, PoissonObservation):
+        return f"observation {observation!r}: only the Gaussian and Poisson models are fused"
+    if observation.link not in FUSED_LINKS:
+        return f"model.link={observation.link!r}: expected one of {FUSED_LINKS}"
+    parameters = model_parameters(model)
+    first = parameters[0]
+    if not first.dtype.is_floating_point or any(p.dtype != first.dtype or p.device != first.device for p in parameters):
+        return "parameters of mixed or non-floating dtypes or devices"
+    if not all(p.requires_grad for p in parameters):
+        return "a frozen parameter (requires_grad=False)"
+    if len(list(model.parameters())) != len(parameters):
+        return "parameters beyond B, b, A, a, log_noise_std"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        return "distributed training: the PC term is gathered across ranks"
+    return None
+
+
+def fused_batch_unsupported_reason(model: Model, batch: Mapping[str, torch.Tensor]) -> str | None:
+    """Why the fused path cannot take ``batch`` (cheap; check it per batch), or None.
+
+    Supported: one-step batches (``x``, ``encoder_input``, optional ``external_input``; no
+    rollout windows) of the parameters' dtype and device; ``(n, N)``, or for batched copies
+    ``(C, n, N)`` with ``C`` the current number of copies or ``(n, N)`` shared by them.
+    """
+    for key in batch:
+        if key not in BATCH_KEYS:
+            return f"batch key {key!r}: only one-step batches {BATCH_KEYS} are fused (no rollout windows)"
+    x = batch["x"]
+    if isinstance(model, ReplicatedLowRankRNN):
+        if not (x.ndim == 2 or (x.ndim == 3 and x.shape[0] == model.n_copies)):
+            return f"batch x of shape {tuple(x.shape)}: expected (n, N) or (C={model.n_copies}, n, N)"
+        reference = model.encoder_weight
+    else:
+        if x.ndim != 2:
+            return f"batch x of shape {tuple(x.shape)}: expected (n, N)"
+        reference = model.log_noise_std
+    for value in batch.values():
+        if value.dtype != reference.dtype or value.device != reference.device:
+            return "batch tensors of another dtype or device than the parameters"
+    return None
+
+
+def fused_step_unsupported_reason(model: Any, batch: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """:func:`fused_model_unsupported_reason`, then (given a batch) :func:`fused_batch_unsupported_reason`."""
+    reason = fused_model_unsupported_reason(model)
+    if reason is None and batch is not None:
+        reason = fused_batch_unsupported_reason(model, batch)
+    return reason
+
+
+def fused_step_supported(model: Any, batch: Mapping[str, torch.Tensor] | None = None) -> bool:
+    """Whether :func:`fused_loss_and_grads` applies (:func:`fused_step_unsupported_reason` is None)."""
+    reason = fused_step_unsupported_reason(model, batch)
+    if reason is not None:
+        logger.debug("fused training step not used: %s", reason)
+    return reason is None
+
+
+def _fused(
+    model: Model,
+    batch: Mapping[str, torch.Tensor],
+    beta: float,
+    alpha: float,
+    n_train: int,
+    block_mask: torch.Tensor | None,
+    partial_corr: bool,
+    noise: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
+    """Terms and gradients ``(dB, db, dA, da, ds)`` (``ds`` None for Poisson); call under no_grad."""
+    B, b, A, a, log_noise_std = model_parameters(model)
+    replicated = isinstance(model, ReplicatedLowRankRNN)
+    x, u, external = batch["x"], batch["encoder_input"], batch.get("external_input")
+    if replicated and x.ndim == 2:  # shared by every copy, as loss_terms expands it
+        n_copies = model.n_copies
+        x, u = x.expand(n_copies, *x.shape), u.expand(n_copies, *u.shape)
+        external = None if external is None else external.expand(n_copies, *external.shape)
+    width = model.width
+    observation = model.observation
+    link = observation.link
+    n = x.shape[-2]
+    inv_n = 1.0 / n
+
+    # ---- forward: the operations of loss_terms, in its order
+    means = torch.baddbmm(b.unsqueeze(1), u, B.transpose(1, 2)) if replicated else F.linear(u, B, b)
+    if noise is None:
+        noise = torch.randn(means.shape, dtype=means.dtype, device=means.device)  # as model.sample draws it
+    samples = means + width * noise
+    output = torch.baddbmm(a.unsqueeze(1), samples, A.transpose(1, 2)) if replicated else F.linear(samples, A, a)
+    if link == "identity":
+        mean = output
+    elif link == "relu":
+        mean = torch.relu(output)
+    else:
+        mean = F.softplus(output)
+    if external is not None:
+        mean = mean + external
+    if isinstance(observation, GaussianObservation):
+        log_std = log_noise_std.unsqueeze(-2)
+        inv_std = torch.exp(-log_std)  # (..., 1, N)
+        standardized = (x - mean) * inv_std
+        squared = standardized.pow(2)
+        per_neuron = 0.5 * squared + log_std + _HALF_LOG_2PI
+        nll = per_neuron.sum(-1).mean(-1)
+        grad_mean = standardized * (inv_std * -inv_n)  # d nll / d mean
+        grad_log_std = torch.rsub(squared.mean(-2), 1.0)  # 1 - mean_i r^2
+    else:
+        rate = mean.clamp_min(POISSON_MIN_RATE)
+        per_neuron = rate - x * torch.log(rate) + torch.lgamma(x + 1.0)
+        nll = per_neuron.sum(-1).mean(-1)
+        grad_rate = torch.div(x, rate).sub_(1.0).mul_(-inv_n)  # (1 - x / rate) / n
+        grad_mean = torch.where(mean >= POISSON_MIN_RATE, grad_rate, 0.0)  # clamp_min's backward
+        grad_log_std = None
+    kl = gaussian_kl(means, width)
+    zero = torch.zeros_like(nll)
+    group_sizes = model.group_sizes
+    with_pc = partial_corr and len(group_sizes) > 1 and n >= 2
+    context = _SavedContext()
+    if with_pc:
+        mask = group_mask(group_sizes, means.dtype, means.device)
+        batched = (samples, means) if replicated else (samples.unsqueeze(0), means.unsqueeze(0))
+        value = _MinibatchPartialCorrelation.forward(context, *batched, float(width), mask, int(n_train))
+        pc = value if replicated else value[0]
+    else:
+        pc = zero
+    if alpha > 0:
+        if block_mask is None:
+            raise ValueError(f"fused_loss_and_grads: alpha={alpha} needs the (K, K) block_mask of the groups")
+        overlap_matrix = torch.bmm(B, A) if replicated else B @ A  # as model.overlap()
+        overlap = overlap_penalty(overlap_matrix, block_mask)
+    else:
+        overlap = zero
+    loss = nll + kl + beta * pc + alpha * overlap
+    terms = {"loss": loss, "nll": nll, "kl": kl, "partial_corr": pc, "overlap": overlap}
+
+    # ---- backward
+    if link == "relu":
+        grad_output = torch.ops.aten.threshold_backward(grad_mean, output, 0.0)
+    elif link == "softplus":
+        grad_output = torch.ops.aten.softplus_backward(grad_mean, output, _SOFTPLUS_BETA, _SOFTPLUS_THRESHOLD)
+    else:
+        grad_output = grad_mean
+    grad_output_t = grad_output.transpose(-1, -2)  # (..., N, n)
+    A_grad = grad_output_t @ samples  # (..., N, K)
+    a_grad = grad_output.sum(-2)
+    grad_samples = grad_output @ A  # (..., n, K)
+    grad_means = torch.add(grad_samples, means, alpha=inv_n)  # + d kl / d mu
+    if with_pc and beta != 0:
+        weight = means.new_full((means.shape[0] if replicated else 1,), beta)
+        pc_samples, pc_means = _MinibatchPartialCorrelation.backward(context, weight)[:2]
+        if not replicated:
+            pc_samples, pc_means = pc_samples[0], pc_means[0]
+        grad_means.add_(pc_samples).add_(pc_means)
+    B_grad = grad_means.transpose(-1, -2) @ u  # (..., K, N)
+    b_grad = grad_means.sum(-2)
+    if alpha > 0:
+        latent_dim = overlap_matrix.shape[-1]
+        grad_overlap = (1.0 - block_mask) * overlap_matrix * (2.0 * alpha / latent_dim**2)  # (..., K, K)
+        B_grad.add_(grad_overlap @ A.transpose(-1, -2))
+        A_grad.add_(B.transpose(-1, -2) @ grad_overlap)
+    return terms, (B_grad, b_grad, A_grad, a_grad, grad_log_std)
+
+
+def fused_loss_and_grads(
+    model: Model,
+    batch: Mapping[str, torch.Tensor],
+    beta: float,
+    alpha: float,
+    n_train: int,
+    block_mask: torch.Tensor | None = None,
+    *,
+    partial_corr: bool | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+    """The one-step training loss terms and their exact gradients, without autograd.
+
+    Pure: the parameters and their ``.grad`` are left alone (see :func:`fused_loss_and_backward`
+    for the training step). Check :func:`fused_step_supported` first.
+
+    Parameters
+    ----------
+    model : LowRankRNN or ReplicatedLowRankRNN
+        Linear encoder and decoder; ``C`` batched copies for the latter.
+    batch : mapping of str to tensor
+        ``x`` and ``encoder_input`` ``(n, N)`` (copies: ``(C, n, N)`` or shared ``(n, N)``),
+        optional ``external_input`` of the same shape.
+    beta : float
+        Weight of the PC term in ``loss`` (``FacRNNModule.training_beta()``).
+    alpha : float
+        Weight of the overlap penalty (``model.alpha``); 0 skips it (``overlap`` = 0).
+    n_train : int
+        ``M``, training samples, weighting the minibatch PC estimator.
+    block_mask : (K, K) tensor, optional
+        ``FacRNNModule.block_mask``; needed when ``alpha > 0``.
+    partial_corr : bool, optional
+        Whether the PC term is computed (``FacRNNModule`` computes it when ``model.beta > 0``,
+        whatever ``beta``); default ``beta > 0``. Its gradient is skipped when ``beta == 0``.
+    noise : (n, K) or (C, n, K) tensor, optional
+        Posterior noise ``eps``; default one ``torch.randn`` of the means' shape from the
+        global generator, the draw of :meth:`LowRankRNN.sample`.
+
+    Returns
+    -------
+    terms : dict of str to tensor
+        ``loss``, ``nll``, ``kl``, ``partial_corr``, ``overlap`` (``facrnn.core.losses.LOSS_TERMS``): scalars,
+        or ``(C,)`` for copies; no graph. Bit for bit those of ``FacRNNModule.loss_terms``.
+    grads : dict of str to tensor or None
+        Gradient of ``terms["loss"].sum()`` by parameter name (``model.named_parameters()``),
+        of the parameter's shape; ``log_noise_std`` is None for Poisson observations (autograd
+        gives it none either).
+    """
+    with torch.no_grad():
+        terms, grads = _fused(
+            model, batch, beta, alpha, n_train, block_mask, beta > 0 if partial_corr is None else partial_corr, noise
+        )
+    names = [pair[1] if isinstance(model, ReplicatedLowRankRNN) else pair[0] for pair in PARAMETER_NAMES]
+    return terms, dict(zip(names, grads))
+
+
+def fused_loss_and_backward(
+    model: Model,
+    batch: Mapping[str, torch.Tensor],
+    beta: float,
+    alpha: float,
+    n_train: int,
+    block_mask: torch.Tensor | None = None,
+    *,
+    partial_corr: bool | None = None,
+    noise: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`fused_loss_and_grads` that writes the gradients into the parameters' ``.grad``.
+
+    Replaces ``optimizer.zero_grad(); loss_terms(batch)["loss"].sum().backward()``: every
+    parameter's ``.grad`` is *set* (not accumulated) to its gradient, so no ``zero_grad`` is
+    needed; ``log_noise_std.grad`` is set to None for Poisson observations, as
+    ``zero_grad(set_to_none=True)`` and a backward that does not reach it leave it. Arguments
+    as :func:`fused_loss_and_grads`.
+
+    Returns
+    -------
+    dict of str to tensor
+        The loss terms (``facrnn.core.losses.LOSS_TERMS``), detached.
+    """
+    with torch.no_grad():
+        terms, grads = _fused(
+            model, batch, beta, alpha, n_train, block_mask, beta > 0 if partial_corr is None else partial_corr, noise
+        )
+    for parameter, grad in zip(model_parameters(model), grads):
+        parameter.grad = grad
+    return terms
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+def _global_step_hooks() -> bool:
+    from torch.optim import optimizer as optimizer_module
+
+    return bool(optimizer_module._global_optimizer_pre_hooks or optimizer_module._global_optimizer_post_hooks)
+
+
+def fused_adam_unsupported_reason(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why :func:`fused_adam_step` would fall back to ``optimizer.step()``, or None.
+
+    Applies to ``torch.optim.Adam``/``AdamW`` with ``fused=True``, no amsgrad, maximize,
+    capturable or differentiable, float betas, a float ``lr`` (or a tensor on the parameters'
+    device), all parameters of one device and dtype, and no step hooks (global or the
+    optimizer's own) that ``Optimizer.step`` would run.
+    """
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return f"{type(optimizer).__name__}: expected torch.optim.Adam or AdamW"
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or _global_step_hooks():
+        return "optimizer step hooks are registered"
+    if "step" in vars(optimizer):
+        return "optimizer.step was patched (e.g. by an LR scheduler)"
+    devices = set()
+    for group in optimizer.param_groups:
+        if not group.get("fused") or group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
+            return "expected fused=True without amsgrad, maximize, capturable, differentiable"
+        if any(isinstance(beta, torch.Tensor) for beta in group["betas"]):
+            return "tensor betas"
+        devices.update((p.device, p.dtype) for p in group["params"])
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and any(lr.device != p.device for p in group["params"]):
+            return "a tensor lr on another device than the parameters"
+    if len(devices) > 1:
+        return "parameters of several devices or dtypes"
+    return None
+
+
+def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()`` of a fused Adam/AdamW, applied by its fused kernel directly.
+
+    The same ``step += 1`` and the same ``torch._fused_adamw_`` (``_fused_adam_`` for Adam)
+    call with the same arguments as ``Optimizer.step``, so the parameters and the state are
+    bit for bit those of ``optimizer.step()``; parameters without a gradient are skipped, as
+    there. Without the profiler/hook wrapper, grad-mode switches, graph-capture checks and
+    per-step tensor grouping. Falls back to ``optimizer.step()`` where
+    :func:`fused_adam_unsupported_reason` gives a reason, and while a parameter with a
+    gradient has no state yet (the first step: the lazy state initialisation stays torch's).
+    Lightning's step counting is *not* done (see the caller's
+    ``LightningOptimizer._on_before_step``/``_on_after_step``).
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+        The raw optimizer (``LightningOptimizer.optimizer``, not the Lightning wrapper).
+    """
+    if fused_adam_unsupported_reason(optimizer) is not None:
+        optimizer.step()
+        return
+    state = optimizer.state
+    calls = []
+    for group in optimizer.param_groups:
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for parameter in group["params"]:
+            grad = parameter.grad
+            if grad is None:
+                continue
+            parameter_state = state.get(parameter)
+            if not parameter_state:  # not initialised yet: optimizer.step() does it
+                optimizer.step()
+                return
+            params.append(parameter)
+            grads.append(grad)
+            exp_avgs.append(parameter_state["exp_avg"])
+            exp_avg_sqs.append(parameter_state["exp_avg_sq"])
+            steps.append(parameter_state["step"])
+        if params:
+            calls.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
+    with torch.no_grad():
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in calls:
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            kernel(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+
+__all__ = [
+    "BATCH_KEYS",
+    "FUSED_LINKS",
+    "PARAMETER_NAMES",
+    "POISSON_MIN_RATE",
+    "fused_adam_step",
+    "fused_adam_unsupported_reason",
+    "fused_batch_unsupported_reason",
+    "fused_loss_and_backward",
+    "fused_loss_and_grads",
+    "fused_model_unsupported_reason",
+    "fused_step_supported",
+    "fused_step_unsupported_reason",
+    "model_parameters",
+]
