@@ -25,8 +25,9 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.common import machine_description, median, print_table
-from facrnn.core.fused_step import fused_adam_step, fused_loss_and_backward, fused_step_unsupported_reason
+from facrnn.core.fused_step import fused_loss_and_backward, fused_step_unsupported_reason
 from facrnn.core.model import encoder_input
+from facrnn.training.adam_step import fused_adam_step
 from facrnn.training.module import FacRNNModule
 
 

@@ -15,8 +15,8 @@ from datamodules.recording import Recording, drop_constant_channels
 from datamodules.sampling import CopyIndexSampler, GroupedBatchSampler
 from datamodules.settings import DataModuleSettings, check_history_fits
 from datamodules.validation import warn_if_axes_swapped
-from datamodules.windows import WINDOW_KEYS, WindowDataset
-from facrnn.core.model import encoder_input, past_buffer
+from datamodules.windows import WindowDataset
+from facrnn.core.model import MODEL_INPUT_KEYS, encoder_input, past_buffer
 from facrnn.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,9 @@ class BatchIndexSampler(Sampler):
         ``torch.initial_seed()`` (the run's ``seed`` after ``seed_everything``).
     rank, world_size : int, optional
         Default: read from ``torch.distributed`` when each epoch starts.
+    per_epoch : int, optional
+        Samples drawn per epoch: the first ``per_epoch`` of each epoch's permutation (a fresh
+        random subset every epoch; ``shuffle`` only). Default: all ``n_samples``.
     """
 
     def __init__(
@@ -201,11 +204,15 @@ class BatchIndexSampler(Sampler):
         seed: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        per_epoch: int | None = None,
     ) -> None:
         self.n_samples, self.batch_size, self.shuffle = n_samples, batch_size, shuffle
         self.seed = int(torch.initial_seed() if seed is None else seed) % 2**62
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        if per_epoch is not None and not shuffle:
+            raise ValueError("BatchIndexSampler: per_epoch subsets need shuffle=True")
+        self.n_drawn = n_samples if per_epoch is None else max(min(int(per_epoch), n_samples), 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch (reshuffles the shared permutation)."""
@@ -216,12 +223,12 @@ class BatchIndexSampler(Sampler):
         return (rank if self.rank is None else self.rank), (world_size if self.world_size is None else self.world_size)
 
     def __len__(self) -> int:
-        return -(-self.n_samples // self.batch_size)
+        return -(-self.n_drawn // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rank, world_size = self._rank_and_size()
         if world_size == 1:
-            order = torch.randperm(self.n_samples) if self.shuffle else torch.arange(self.n_samples)
+            order = torch.randperm(self.n_samples)[: self.n_drawn] if self.shuffle else torch.arange(self.n_samples)
             yield from order.split(self.batch_size)
             return
         if self.batch_size % world_size:
@@ -231,7 +238,7 @@ class BatchIndexSampler(Sampler):
             )
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n_samples, generator=generator)
+            order = torch.randperm(self.n_samples, generator=generator)[: self.n_drawn]
         else:
             order = torch.arange(self.n_samples)
         for batch in order.split(self.batch_size):
@@ -309,6 +316,7 @@ class RecordingDataModule(pl.LightningDataModule):
         self.copy_seeds: list[int] | None = None
         self.copy_sampler: CopyIndexSampler | None = None  # the model drops copies from it (model.restarts)
         self.window = 1  # bins per training sample; > 1: rollout windows (model.rollout_window)
+        self.window_fraction = 1.0  # of the rollout windows drawn per epoch (model.rollout_window_fraction)
         self._timeline: dict[str, torch.Tensor] = {}  # per-bin tensors in time order, (trials, T, ...)
         self._train_mask: torch.Tensor | None = None
         self._missing_past = "first"
@@ -351,7 +359,7 @@ class RecordingDataModule(pl.LightningDataModule):
                 }
             )
         self.recording = recording
-        self._timeline = {key: value for key, value in per_bin.items() if key in WINDOW_KEYS}
+        self._timeline = {key: value for key, value in per_bin.items() if key in MODEL_INPUT_KEYS}
         self._train_mask = torch.from_numpy(masks["train"])
         self._missing_past = missing_past
         n_train = len(self.splits["train"])
@@ -434,7 +442,11 @@ class RecordingDataModule(pl.LightningDataModule):
         return WindowDataset(timeline, self._train_mask, self.window, recording.source)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # training batches carry only what the loss reads (not latents, trial, time: fewer
+        # index operations per step); validation and test batches keep everything
         dataset: Dataset = self.splits[split]
+        if split == "train":
+            dataset = BinDataset({key: value for key, value in dataset.tensors.items() if key in MODEL_INPUT_KEYS})
         if split == "train" and self.window > 1:
             dataset = self.training_windows()
         if len(dataset) == 0:
@@ -442,16 +454,27 @@ class RecordingDataModule(pl.LightningDataModule):
                 f"datamodule.split={self.split}: the {split} split of {self._require_setup().source} is empty; "
                 "expected at least one sample"
             )
-        sampler: Sampler = BatchIndexSampler(len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed)
+        per_epoch = None  # every training sample once per epoch
+        if split == "train" and self.window > 1 and self.window_fraction < 1:
+            per_epoch = max(round(len(dataset) * self.window_fraction), 1)  # a fresh random subset of the windows
+        sampler: Sampler = BatchIndexSampler(
+            len(dataset), self.batch_size, shuffle, seed=self.shuffle_seed, per_epoch=per_epoch
+        )
         if split == "train":
             if self.copy_seeds:
-                sampler = self.copy_sampler = CopyIndexSampler(len(dataset), self.batch_size, self.copy_seeds)
+                sampler = self.copy_sampler = CopyIndexSampler(
+                    len(dataset), self.batch_size, self.copy_seeds, per_epoch=per_epoch
+                )
             if self.batches_per_call != 1:
                 sampler = GroupedBatchSampler(sampler, self.batches_per_call)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def configure_training(
-        self, batches_per_call: int = 0, copy_seeds: list[int] | None = None, window: int = 1
+        self,
+        batches_per_call: int = 0,
+        copy_seeds: list[int] | None = None,
+        window: int = 1,
+        window_fraction: float = 1.0,
     ) -> None:
         """How :meth:`train_dataloader` hands batches to the model (set by the pipeline).
 
@@ -467,8 +490,13 @@ class RecordingDataModule(pl.LightningDataModule):
             Bins per training sample (``model.rollout_window``): 1 = single bins; ``W > 1`` =
             windows of ``W`` consecutive bins starting at training bins
             (:class:`~datamodules.windows.WindowDataset`), ``batch_size`` windows per batch.
+        window_fraction : float
+            Share of the windows drawn per epoch (``model.rollout_window_fraction``): 1 = a
+            window starting at every training bin; ``f < 1`` = a fresh random ``f`` of them
+            each epoch (``1 / W`` decodes each training bin about once per epoch).
         """
         self.window = int(window)
+        self.window_fraction = float(window_fraction)
         self.batches_per_call = int(batches_per_call)
         self.copy_seeds = list(copy_seeds) if copy_seeds else None
 

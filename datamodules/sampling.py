@@ -27,12 +27,16 @@ class CopyIndexSampler(Sampler):
     n_samples, batch_size : int
     seeds : sequence of int
         One seed per copy.
+    per_epoch : int, optional
+        Samples per copy and epoch: the first ``per_epoch`` of each copy's permutation (a
+        fresh random subset every epoch). Default: all ``n_samples``.
     """
 
-    def __init__(self, n_samples: int, batch_size: int, seeds: Sequence[int]) -> None:
+    def __init__(self, n_samples: int, batch_size: int, seeds: Sequence[int], per_epoch: int | None = None) -> None:
         if not seeds:
             raise ValueError("CopyIndexSampler: expected at least one copy seed")
         self.n_samples, self.batch_size = int(n_samples), int(batch_size)
+        self.n_drawn = self.n_samples if per_epoch is None else max(min(int(per_epoch), self.n_samples), 1)
         self.all_seeds = [int(seed) for seed in seeds]
         self.seeds = list(self.all_seeds)
         self.epoch = 0
@@ -47,12 +51,15 @@ class CopyIndexSampler(Sampler):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-self.n_samples // self.batch_size)
+        return -(-self.n_drawn // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         orders = torch.stack(
-            [torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(seed + self.epoch)) for seed in self.seeds]
-        )  # (C, n_samples)
+            [
+                torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(seed + self.epoch))[: self.n_drawn]
+                for seed in self.seeds
+            ]
+        )  # (C, n_drawn)
         yield from orders.split(self.batch_size, dim=1)  # (C, batch) each
 
 

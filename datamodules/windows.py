@@ -14,10 +14,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from facrnn.core.model import MODEL_INPUT_KEYS
 from facrnn.errors import DataError
-
-#: per-bin recording tensors a window carries (when present)
-WINDOW_KEYS = ("x", "encoder_input", "external_input")
 
 
 class WindowDataset(Dataset):
@@ -49,7 +47,7 @@ class WindowDataset(Dataset):
                 f"rollout_window <= {n_bins}"
             )
         self.window = int(window)
-        self.timeline = {key: value for key, value in timeline.items() if key in (*WINDOW_KEYS, "past")}
+        self.timeline = {key: value for key, value in timeline.items() if key in (*MODEL_INPUT_KEYS, "past")}
         self.train_mask = train_mask
         starts_ok = train_mask.clone()
         starts_ok[:, n_bins - window + 1 :] = False
@@ -77,4 +75,4 @@ class WindowDataset(Dataset):
         return batch
 
 
-__all__ = ["WINDOW_KEYS", "WindowDataset"]
+__all__ = ["WindowDataset"]

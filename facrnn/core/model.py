@@ -13,6 +13,8 @@ from facrnn.core.grouping import group_slices, padded_group_index
 from facrnn.core.observation import LINKS, Observation, make_observation
 
 PROJECTIONS = ("linear", "mlp")
+#: per-bin batch tensors the model and its loss read (a batch may carry others: latents, trial, time)
+MODEL_INPUT_KEYS = ("x", "encoder_input", "external_input")
 
 
 def history_kernel(n_lags: int) -> torch.Tensor:

@@ -121,6 +121,7 @@ def configure_copies(
         batches_per_call=int(cfg.get("batches_per_call", 0)),
         copy_seeds=copy_seeds,
         window=int(module.hparams.get("rollout_window", 1)),
+        window_fraction=float(module.hparams.get("rollout_window_fraction", 1.0)),
     )
 
 

@@ -10,6 +10,8 @@ DDP (``world_size > 1``) the module uses Lightning's own paths:
   most one training row per ``trainer.log_every_n_steps`` optimizer steps;
 - :func:`plain_backward_is_equivalent`: whether ``loss.backward()`` may replace
   ``manual_backward`` (no hooks, no loss scaling);
+- :func:`direct_step_is_equivalent`: whether the optimizer may be stepped without
+  Lightning's strategy and precision wrappers (:func:`facrnn.training.adam_step.fused_adam_step`);
 - :func:`batch_on_device`: whether a batch of in-memory tensors needs no transfer.
 """
 
@@ -40,6 +42,23 @@ def plain_backward_is_equivalent(module: pl.LightningModule, module_class: type[
     if any(is_overridden(hook, module, module_class) for hook in (*hooks, "backward")):
         return False
     return not any(is_overridden(hook, callback, pl.Callback) for callback in trainer.callbacks for hook in hooks)
+
+
+def direct_step_is_equivalent(module: pl.LightningModule, module_class: type[pl.LightningModule]) -> bool:
+    """Whether stepping the raw optimizer does all that ``LightningOptimizer.step()`` would: one
+    process, 32-bit precision and no ``on_before_optimizer_step`` hook (the only thing the
+    strategy and precision plugin add to a manual-optimization step besides the step counters,
+    which the caller keeps with ``_on_before_step``/``_on_after_step``)."""
+    from pytorch_lightning.plugins.precision import Precision
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    trainer = module.trainer
+    if trainer.world_size > 1 or type(trainer.precision_plugin) is not Precision:
+        return False
+    hook = "on_before_optimizer_step"
+    if is_overridden(hook, module, module_class) or is_overridden("optimizer_step", module, module_class):
+        return False
+    return not any(is_overridden(hook, callback, pl.Callback) for callback in trainer.callbacks)
 
 
 def batch_on_device(batch: Any, device: torch.device) -> bool:
@@ -115,4 +134,10 @@ class EpochPublisher:
                 logger.log_metrics(row, step=module.global_step)
 
 
-__all__ = ["EpochMeans", "EpochPublisher", "batch_on_device", "plain_backward_is_equivalent"]
+__all__ = [
+    "EpochMeans",
+    "EpochPublisher",
+    "batch_on_device",
+    "direct_step_is_equivalent",
+    "plain_backward_is_equivalent",
+]

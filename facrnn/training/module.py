@@ -11,14 +11,22 @@ import pytorch_lightning as pl
 import torch
 
 from facrnn.core.copies import ReplicatedLowRankRNN, build_copies
+from facrnn.core.fused_step import fused_batch_unsupported_reason, fused_loss_and_backward, fused_model_unsupported_reason
 from facrnn.core.grouping import block_mask
 from facrnn.core.losses import LOSS_TERMS, gaussian_kl, overlap_penalty
 from facrnn.core.model import LowRankRNN
 from facrnn.core.partial_correlation import partial_correlation_minibatch
 from facrnn.core.rollout import forced_rollout, forcing_pattern
 from facrnn.errors import ConfigError
+from facrnn.training.adam_step import fused_adam_step, fused_adam_unsupported_reason
 from facrnn.training.copies import CHECKPOINT_KEY, CopyTracker
-from facrnn.training.fast_loop import EpochMeans, EpochPublisher, batch_on_device, plain_backward_is_equivalent
+from facrnn.training.fast_loop import (
+    EpochMeans,
+    EpochPublisher,
+    batch_on_device,
+    direct_step_is_equivalent,
+    plain_backward_is_equivalent,
+)
 from facrnn.training.nonfinite import NonfiniteLossPolicy
 from facrnn.training.settings import OPTIMIZERS, validate_model_settings
 
@@ -122,6 +130,19 @@ class FacRNNModule(pl.LightningModule):
     rollout_forcing : float
         Generalized teacher forcing ``alpha`` in [0, 1]: at the other training bins the state
         is ``(1 - alpha) s + alpha z``; 0 (default) is sparse teacher forcing.
+    rollout_window_fraction : float
+        Share of the windows trained on per epoch, a fresh random subset each epoch (read by
+        the datamodule, :meth:`~datamodules.base.RecordingDataModule.configure_training`): 1
+        (default) = a window at every training bin, so each bin is decoded about ``W`` times
+        per epoch; ``1 / W`` = about once, the cost of one-step training per epoch, for long
+        recordings.
+    gradients : {"fused", "autograd"}
+        ``fused`` (default): one-step batches of the linear model (plain or batched copies,
+        one process) get their loss and gradients from the hand-derived forward and backward
+        of :mod:`facrnn.core.fused_step` (the same terms bit for bit, gradients to round-off)
+        and AdamW's kernel is called directly (:mod:`facrnn.training.adam_step`); everything
+        else (MLP variants, rollout windows, DDP, hooks on the backward or optimizer step)
+        uses autograd. ``autograd``: autograd everywhere (the reference path).
     seed : int, optional
         Base seed of the copies' initialisations; default ``torch.initial_seed()``.
     """
@@ -155,6 +176,8 @@ class FacRNNModule(pl.LightningModule):
         rollout_window: int = 1,
         rollout_interval: int | None = None,
         rollout_forcing: float = 0.0,
+        rollout_window_fraction: float = 1.0,
+        gradients: str = "fused",
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -189,6 +212,7 @@ class FacRNNModule(pl.LightningModule):
         self.nonfinite = NonfiniteLossPolicy(LOSS_TERMS, nonfinite_skip_limit)
         self._publisher = EpochPublisher(LOSS_TERMS)
         self._plain_backward = False  # decided in on_fit_start
+        self._fused_gradients = self._direct_step = False  # decided in on_fit_start
         self.register_buffer("block_mask", block_mask(sizes), persistent=False)
         self._train_means = EpochMeans()  # per training epoch, over optimizer steps
         self._val_means = EpochMeans()  # per validation, over samples
@@ -303,20 +327,38 @@ class FacRNNModule(pl.LightningModule):
         beta = self.training_beta()
         skips_batches = self.nonfinite.skip_limit > 0 and not self.is_replicated
         step_terms = []
+        direct_step = self._direct_step and fused_adam_unsupported_reason(optimizer.optimizer) is None
         for one_batch in batches:
-            terms = self.loss_terms(one_batch, beta=beta)
-            optimizer.zero_grad()
-            total = terms["loss"].sum()  # copies: the sum gives each its own gradient
-            if self._plain_backward:
-                total.backward()
+            if self._fused_gradients and fused_batch_unsupported_reason(self.model, one_batch) is None:
+                # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
+                terms = fused_loss_and_backward(
+                    self.model,
+                    one_batch,
+                    beta,
+                    float(self.hparams.alpha),
+                    int(self.hparams.n_train),
+                    self.block_mask,
+                    partial_corr=self.hparams.beta > 0,
+                )
             else:
-                self.manual_backward(total)
+                terms = self.loss_terms(one_batch, beta=beta)
+                optimizer.zero_grad()
+                total = terms["loss"].sum()  # copies: the sum gives each its own gradient
+                if self._plain_backward:
+                    total.backward()
+                else:
+                    self.manual_backward(total)
             if skips_batches and not bool(torch.isfinite(terms["loss"])):
                 optimizer.zero_grad()
                 # the step this batch would have been
                 self.nonfinite.skip_batch(stack_terms(terms), self.global_step + 1, self.current_epoch, self._trainer)
                 continue
-            optimizer.step()
+            if direct_step:  # Lightning's step counters kept, its strategy/precision wrappers skipped
+                optimizer._on_before_step()
+                fused_adam_step(optimizer.optimizer)
+                optimizer._on_after_step()
+            else:
+                optimizer.step()
             step_terms.append(stack_terms(terms))
         if not step_terms:
             return
@@ -415,6 +457,13 @@ class FacRNNModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._plain_backward = plain_backward_is_equivalent(self, FacRNNModule)
+        # model.gradients=fused: hand-derived gradients and a direct AdamW step where they change
+        # nothing but round-off (the loss terms are the same bit for bit, tests/core/test_fused_step.py)
+        fused = self.hparams.get("gradients", "fused") == "fused"
+        self._direct_step = fused and direct_step_is_equivalent(self, FacRNNModule)
+        self._fused_gradients = (
+            self._direct_step and self._plain_backward and fused_model_unsupported_reason(self.model) is None
+        )
         if self.is_replicated and self.trainer.world_size > 1:
             raise ConfigError(
                 f"model.replicas={self.hparams.replicas}, model.restarts={self.hparams.restarts} with "

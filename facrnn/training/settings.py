@@ -52,6 +52,9 @@ from facrnn.errors import CheckpointNotFoundError, ConfigError
 
 #: optimizer class by ``model.optimizer``
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: ``model.gradients``: the hand-derived step of the linear model (facrnn/core/fused_step.py,
+#: where it applies) or autograd everywhere (the reference path)
+GRADIENTS = ("fused", "autograd")
 
 #: ConfigStore group of the schemas; a config file takes one with ``- /schema/NAME@_here_``
 SCHEMA_GROUP = "schema"
@@ -103,6 +106,8 @@ class ModelSettings:
     rollout_window: int = 1
     rollout_interval: int | None = None
     rollout_forcing: float = 0.0
+    rollout_window_fraction: float = 1.0
+    gradients: str = "fused"
 
     def __post_init__(self) -> None:
         try:
@@ -151,6 +156,11 @@ class ModelSettings:
                 f"model.rollout_forcing={shown(self.rollout_forcing)}: expected a generalized teacher forcing weight "
                 "in [0, 1] (0: sparse teacher forcing only)"
             )
+        if not 0.0 < float(self.rollout_window_fraction) <= 1.0:
+            raise ConfigError(
+                f"model.rollout_window_fraction={shown(self.rollout_window_fraction)}: expected the share of the "
+                "rollout windows drawn per epoch in (0, 1] (1: a window at every training bin)"
+            )
         mlp = "mlp" in (self.encoder, self.decoder)
         if self.replicas * self.restarts > 1 and mlp:
             raise ConfigError(
@@ -162,6 +172,7 @@ class ModelSettings:
         require_choice("model.encoder", self.encoder, PROJECTIONS)
         require_choice("model.decoder", self.decoder, PROJECTIONS)
         require_choice("model.optimizer", self.optimizer, sorted(OPTIMIZERS))
+        require_choice("model.gradients", self.gradients, GRADIENTS)
         if self.likelihood == "poisson" and self.link != "softplus":
             raise ConfigError(
                 f"model.link={shown(self.link)} with model.likelihood=poisson: "
@@ -419,6 +430,7 @@ def is_schema(schema: Any) -> bool:
 register_schemas()
 
 __all__ = [
+    "GRADIENTS",
     "ModelSettings",
     "OPTIMIZERS",
     "SCHEMA_GROUP",

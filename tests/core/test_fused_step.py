@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from facrnn.core.fused_step import (
-    fused_adam_step,
-    fused_adam_unsupported_reason,
     fused_batch_unsupported_reason,
     fused_loss_and_backward,
     fused_loss_and_grads,
@@ -22,6 +20,7 @@ from facrnn.core.fused_step import (
 )
 from facrnn.core.losses import LOSS_TERMS
 from facrnn.core.model import LowRankRNN
+from facrnn.training.adam_step import fused_adam_step, fused_adam_unsupported_reason
 from facrnn.training.module import FacRNNModule
 
 N_NEURONS, BATCH, N_TRAIN = 7, 24, 300

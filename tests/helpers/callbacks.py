@@ -28,23 +28,23 @@ class KillProcess(pl.Callback):
 
 
 class SaveParametersPerRank(pl.Callback):
-    """Writes every rank's flattened parameters and the sample indices it trained on."""
+    """Writes every rank's flattened parameters and the samples (rows of ``x``) it trained on."""
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
-        self.trial_times: list[torch.Tensor] = []
+        self.samples: list[torch.Tensor] = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict | list[dict], batch_idx: int
     ) -> None:
         for one_batch in batch if isinstance(batch, list) else [batch]:  # batches_per_call groups them
-            self.trial_times.append(torch.stack([one_batch["trial"], one_batch["time"]], dim=1))
+            self.samples.append(one_batch["x"].detach().clone())  # training batches carry what the loss reads
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         parameters = torch.cat([parameter.detach().flatten() for parameter in pl_module.parameters()])
         torch.save(
-            {"parameters": parameters, "world_size": trainer.world_size, "samples": self.trial_times},
+            {"parameters": parameters, "world_size": trainer.world_size, "samples": self.samples},
             self.directory / f"rank{trainer.global_rank}.pt",
         )
 

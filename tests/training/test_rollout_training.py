@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules.base import BatchIndexSampler
+from datamodules.sampling import CopyIndexSampler
 from datamodules.windows import WindowDataset
 from facrnn.core.losses import gaussian_kl
 from facrnn.core.partial_correlation import partial_correlation_minibatch
 from facrnn.errors import ConfigError, DataError
-from facrnn.runs.pipeline import train
+from facrnn.runs.pipeline import instantiate_datamodule, train
 from facrnn.training.module import FacRNNModule
 from facrnn.training.settings import ModelSettings
 from tests.helpers import TINY_DATA, compose_config
@@ -159,11 +161,48 @@ def test_one_step_loss_is_unchanged_by_the_rollout_option() -> None:
         ({"rollout_window": 0}, r"model.rollout_window=0: expected the bins per training window"),
         ({"rollout_interval": 0}, r"model.rollout_interval=0: expected the bins between forced states"),
         ({"rollout_forcing": 1.5}, r"model.rollout_forcing=1.5: expected a generalized teacher forcing weight in \[0, 1\]"),
+        ({"rollout_window_fraction": 0.0}, r"model.rollout_window_fraction=0: expected the share of the rollout windows"),
     ],
 )
 def test_bad_rollout_settings_are_one_line_errors(override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ModelSettings(**override)
+
+
+def test_samplers_draw_a_fresh_random_subset_per_epoch() -> None:
+    torch.manual_seed(0)
+    sampler = BatchIndexSampler(50, 8, shuffle=True, per_epoch=10)
+    epochs = [torch.cat(list(sampler)) for _ in range(2)]
+    assert len(sampler) == 2 and [len(list(sampler)[0]), len(list(sampler)[1])] == [8, 2]
+    for drawn in epochs:
+        assert len(drawn) == 10 and len(set(drawn.tolist())) == 10 and 0 <= drawn.min() and drawn.max() < 50
+    assert set(epochs[0].tolist()) != set(epochs[1].tolist())
+    copies = CopyIndexSampler(50, 8, seeds=[1, 2], per_epoch=10)
+    first = torch.cat(list(copies), dim=1)
+    copies.set_epoch(1)
+    second = torch.cat(list(copies), dim=1)
+    assert first.shape == second.shape == (2, 10) and len(copies) == 2
+    assert all(len(set(row.tolist())) == 10 for row in (*first, *second))
+    assert set(first[0].tolist()) != set(first[1].tolist()) and set(first[0].tolist()) != set(second[0].tolist())
+    # the full epoch is unchanged by the option
+    torch.manual_seed(3)
+    full = torch.cat(list(BatchIndexSampler(50, 8, shuffle=True)))
+    torch.manual_seed(3)
+    assert torch.equal(full, torch.cat(list(BatchIndexSampler(50, 8, shuffle=True, per_epoch=None))))
+
+
+def test_window_fraction_trains_on_that_share_of_the_windows(tmp_path: Path) -> None:
+    cfg = compose_config("train", [*QUICK, f"paths.cache_dir={tmp_path}"], tmp_path, "run")
+    datamodule = instantiate_datamodule(cfg.datamodule)
+    datamodule.setup()
+    datamodule.configure_training(batches_per_call=1, window=4, window_fraction=0.25)
+    windows = datamodule.training_windows()
+    batches = list(datamodule.train_dataloader())
+    drawn = sum(len(batch["x"]) for batch in batches)
+    assert drawn == round(len(windows) * 0.25) and all(batch["x"].shape[1] == 4 for batch in batches)
+    assert all(bool(batch["target_mask"][:, 0].all()) for batch in batches)  # each starts at a training bin
+    datamodule.configure_training(batches_per_call=1, window=4, window_fraction=1.0)
+    assert sum(len(batch["x"]) for batch in datamodule.train_dataloader()) == len(windows)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +230,7 @@ def test_default_equals_an_explicit_window_of_one_bitwise(tmp_path: Path, data_c
     [
         ("model.rollout_window=6", "model.history=2"),
         ("model.rollout_window=4", "model.rollout_interval=2", "model.replicas=2"),
+        ("model.rollout_window=4", "model.rollout_window_fraction=0.25", "model.replicas=2"),
         ("model.rollout_window=4", "model.likelihood=poisson", "model.link=softplus", "model.rollout_forcing=0.1"),
     ],
 )
