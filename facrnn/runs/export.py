@@ -41,12 +41,25 @@ def replica_dir(run_dir: Path, replica: int, seed: int, replicas: int) -> RunDir
     return run if replicas == 1 else run.replica(replica, seed)
 
 
+def validation_step_at(module: FacRNNModule, epoch: int) -> int:
+    """The optimizer step count when the validation of ``epoch`` ran (the copies' history), -1 if none did."""
+    steps = [step for validated_epoch, step, _ in module.copies.history["val"] if validated_epoch == epoch]
+    return int(steps[-1]) if steps else -1
+
+
 def plain_checkpoint(
-    module: FacRNNModule, copy: int, parameters: dict[str, torch.Tensor] | None, epoch: int, seed: int
+    module: FacRNNModule,
+    copy: int,
+    parameters: dict[str, torch.Tensor] | None,
+    epoch: int,
+    seed: int,
+    global_step: int | None = None,
 ) -> dict[str, Any]:
     """A checkpoint of copy ``copy`` that :meth:`FacRNNModule.load` reads as a plain run: the
     copy's weights under a plain module's names (``model.encoder.weight``, ...) and the
-    hyper-parameters of one start (the restarts are recorded in restarts.json, not re-run)."""
+    hyper-parameters of one start (the restarts are recorded in restarts.json, not re-run).
+    ``epoch`` and ``global_step`` (default: the module's current one) say where the weights
+    are from."""
     hyper_parameters = dict(module.hparams)
     hyper_parameters.update(replicas=1, restarts=1, seed=seed)
     state = module.model.copy_state(copy, parameters)
@@ -55,7 +68,7 @@ def plain_checkpoint(
         "hyper_parameters": hyper_parameters,
         "pytorch-lightning_version": pl.__version__,
         "epoch": int(epoch),
-        "global_step": int(module.global_step),
+        "global_step": int(module.global_step if global_step is None else global_step),
     }
 
 
@@ -118,8 +131,14 @@ def export_copies(module: FacRNNModule, cfg: DictConfig, run_dir: Path) -> list[
             continue
         target.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         if validated:  # like ModelCheckpoint: best.ckpt only once a validation has run
+            best_epoch = int(module.copies.best_epoch[replica])
             best = plain_checkpoint(
-                module, replica, module.copies.best_parameters, int(module.copies.best_epoch[replica]), replica_seed
+                module,
+                replica,
+                module.copies.best_parameters,
+                best_epoch,
+                replica_seed,
+                global_step=validation_step_at(module, best_epoch),
             )
             atomic_torch_save(best, target.checkpoint("best"))
         if finite:

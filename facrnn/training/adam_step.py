@@ -47,7 +47,7 @@ def fused_adam_unsupported_reason(optimizer: torch.optim.Optimizer) -> str | Non
     return None
 
 
-def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
+def fused_adam_step(optimizer: torch.optim.Optimizer, checked: bool = False) -> None:
     """``optimizer.step()`` of a fused Adam/AdamW, applied by its fused kernel directly.
 
     The same ``step += 1`` and the same ``torch._fused_adamw_`` (``_fused_adam_`` for Adam)
@@ -64,8 +64,11 @@ def fused_adam_step(optimizer: torch.optim.Optimizer) -> None:
     ----------
     optimizer : torch.optim.Optimizer
         The raw optimizer (``LightningOptimizer.optimizer``, not the Lightning wrapper).
+    checked : bool
+        The caller found :func:`fused_adam_unsupported_reason` None for this optimizer (once
+        for many steps); skips the check.
     """
-    if fused_adam_unsupported_reason(optimizer) is not None:
+    if not checked and fused_adam_unsupported_reason(optimizer) is not None:
         optimizer.step()
         return
     state = optimizer.state

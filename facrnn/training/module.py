@@ -355,7 +355,7 @@ class FacRNNModule(pl.LightningModule):
                 continue
             if direct_step:  # Lightning's step counters kept, its strategy/precision wrappers skipped
                 optimizer._on_before_step()
-                fused_adam_step(optimizer.optimizer)
+                fused_adam_step(optimizer.optimizer, checked=True)
                 optimizer._on_after_step()
             else:
                 optimizer.step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -18,6 +19,7 @@ from facrnn.core.model import LowRankRNN
 from facrnn.core.partial_correlation import partial_correlation_minibatch, partial_correlation_minibatch_autograd
 from facrnn.errors import ConfigError, TrainingFaultError
 from facrnn.evaluation.settings import EvalSettings
+from facrnn.runs.export import validation_step_at
 from facrnn.runs.pipeline import evaluate_run, train
 from facrnn.training.module import FacRNNModule
 from tests.helpers import TINY_DATA, compose_config
@@ -169,6 +171,11 @@ def test_replicas_write_ordinary_runs_that_match_plain_runs(tmp_path: Path, data
         assert config.seed == seed and config.model.replicas == 1 and config.paths.output_dir == str(replica)
         module = FacRNNModule.load(str(replica / "checkpoints" / "best.ckpt"))
         assert isinstance(module.model, LowRankRNN) and module.hparams.seed == seed
+        # best.ckpt says where its weights are from: the step count of its own epoch's validation
+        best, last = (torch.load(replica / "checkpoints" / f"{name}.ckpt", weights_only=True) for name in ("best", "last"))
+        rows = [line.split(",") for line in (replica / "csv" / "metrics.csv").read_text().splitlines()]
+        validated = {int(row[0]): int(row[1]) for row in rows[1:] if row[rows[0].index("val/loss")]}
+        assert best["global_step"] == validated[best["epoch"]] and last["global_step"] >= best["global_step"]
     # the parent holds no plain checkpoint: compare finds the two replicas only
     assert discover_runs([parent]) == sorted(path.resolve() for path in replicas)
     with pytest.raises(
@@ -193,6 +200,13 @@ class AssertBatchesFitTheCopies(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int) -> None:
         for one_batch in batch if isinstance(batch, list) else [batch]:
             assert one_batch["x"].shape[0] == pl_module.n_copies, (one_batch["x"].shape, pl_module.n_copies)
+
+
+def test_exported_best_checkpoint_records_its_own_validation_step() -> None:
+    history = {"val": [(1, 6, None), (3, 12, None), (5, 18, None)]}
+    module = SimpleNamespace(copies=SimpleNamespace(history=history))
+    assert validation_step_at(module, 3) == 12 and validation_step_at(module, 1) == 6
+    assert validation_step_at(module, 4) == -1  # no validation ran at that epoch
 
 
 def test_restarts_keep_the_start_with_the_lowest_training_objective(tmp_path: Path, data_cache: str) -> None:
