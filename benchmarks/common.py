@@ -143,6 +143,15 @@ def quiet_training_runs() -> None:
     warnings.filterwarnings("ignore")
 
 
+def add_pipeline_arguments(parser: Any) -> None:
+    """``--model``, ``--logger``, ``--experiment`` and ``--override`` of a benchmarked pipeline
+    run (read by :func:`pipeline_overrides`)."""
+    parser.add_argument("--model", default="facrnn", help="model config (facrnn, lrrnn, bdrnn, facrnn_full)")
+    parser.add_argument("--logger", default="default", help="logger config (default = csv + wandb offline)")
+    parser.add_argument("--experiment", default="synthetic_paper")
+    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+
+
 def pipeline_overrides(args: Any, *extra: str) -> list[str]:
     """Hydra overrides of a benchmarked pipeline run from ``--experiment``, ``--model``,
     ``--logger``, ``--epochs`` and ``--override`` (evaluation off)."""

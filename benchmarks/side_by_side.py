@@ -32,7 +32,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import machine_description, median, pipeline_overrides, print_table
+from benchmarks.common import add_pipeline_arguments, machine_description, median, pipeline_overrides, print_table
 
 ROLES = ("project", "plain")
 #: set in a project process: the event its FitStarted callback sets
@@ -141,10 +141,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=300, help="epochs per timed run (paper: 5000)")
     parser.add_argument("--pairs", type=int, default=3, help="pairs of runs (each pair: both core assignments)")
     parser.add_argument("--cores", type=int, nargs=2, default=None, help="the two cores (default: the first two of the mask)")
-    parser.add_argument("--model", default="facrnn", help="model config (facrnn, lrrnn, bdrnn, facrnn_full)")
-    parser.add_argument("--logger", default="default", help="logger config (default = csv + wandb offline)")
-    parser.add_argument("--experiment", default="synthetic_paper")
-    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    add_pipeline_arguments(parser)
     return parser.parse_args()
 
 

@@ -20,6 +20,7 @@ from omegaconf import open_dict
 
 from benchmarks.common import (
     FitTimer,
+    add_pipeline_arguments,
     bare_loop,
     compose_train_config,
     machine_description,
@@ -37,10 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=500, help="epochs per measured run (paper: 5000)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each of pipeline and bare loop")
-    parser.add_argument("--model", default="facrnn", help="model config (facrnn, lrrnn, bdrnn, facrnn_full)")
-    parser.add_argument("--logger", default="default", help="logger config (default = csv + wandb offline)")
-    parser.add_argument("--experiment", default="synthetic_paper")
-    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    add_pipeline_arguments(parser)
     return parser.parse_args()
 
 

@@ -445,10 +445,10 @@ class RecordingDataModule(pl.LightningDataModule):
         # training batches carry only what the loss reads (not latents, trial, time: fewer
         # index operations per step); validation and test batches keep everything
         dataset: Dataset = self.splits[split]
-        if split == "train":
-            dataset = BinDataset({key: value for key, value in dataset.tensors.items() if key in MODEL_INPUT_KEYS})
         if split == "train" and self.window > 1:
             dataset = self.training_windows()
+        elif split == "train":
+            dataset = BinDataset({key: value for key, value in dataset.tensors.items() if key in MODEL_INPUT_KEYS})
         if len(dataset) == 0:
             raise DataError(
                 f"datamodule.split={self.split}: the {split} split of {self._require_setup().source} is empty; "

@@ -168,6 +168,7 @@ def fused_step_supported(model: Any, batch: Mapping[str, torch.Tensor] | None = 
     return reason is None
 
 
+@torch.no_grad()
 def _fused(
     model: Model,
     batch: Mapping[str, torch.Tensor],
@@ -175,10 +176,13 @@ def _fused(
     alpha: float,
     n_train: int,
     block_mask: torch.Tensor | None,
-    partial_corr: bool,
+    partial_corr: bool | None,
     noise: torch.Tensor | None,
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
-    """Terms and gradients ``(dB, db, dA, da, ds)`` (``ds`` None for Poisson); call under no_grad."""
+    """Terms and gradients ``(dB, db, dA, da, ds)`` (``ds`` None for Poisson); ``partial_corr``
+    None means ``beta > 0``."""
+    if partial_corr is None:
+        partial_corr = beta > 0
     B, b, A, a, log_noise_std = model_parameters(model)
     replicated = isinstance(model, ReplicatedLowRankRNN)
     x, u, external = batch["x"], batch["encoder_input"], batch.get("external_input")
@@ -320,10 +324,7 @@ def fused_loss_and_grads(
         of the parameter's shape; ``log_noise_std`` is None for Poisson observations (autograd
         gives it none either).
     """
-    with torch.no_grad():
-        terms, grads = _fused(
-            model, batch, beta, alpha, n_train, block_mask, beta > 0 if partial_corr is None else partial_corr, noise
-        )
+    terms, grads = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
     names = [pair[1] if isinstance(model, ReplicatedLowRankRNN) else pair[0] for pair in PARAMETER_NAMES]
     return terms, dict(zip(names, grads))
 
@@ -352,10 +353,7 @@ def fused_loss_and_backward(
     dict of str to tensor
         The loss terms (``facrnn.core.losses.LOSS_TERMS``), detached.
     """
-    with torch.no_grad():
-        terms, grads = _fused(
-            model, batch, beta, alpha, n_train, block_mask, beta > 0 if partial_corr is None else partial_corr, noise
-        )
+    terms, grads = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
     for parameter, grad in zip(model_parameters(model), grads):
         parameter.grad = grad
     return terms

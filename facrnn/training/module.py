@@ -328,8 +328,10 @@ class FacRNNModule(pl.LightningModule):
         skips_batches = self.nonfinite.skip_limit > 0 and not self.is_replicated
         step_terms = []
         direct_step = self._direct_step and fused_adam_unsupported_reason(optimizer.optimizer) is None
+        # the batches of one call come from one loader: alike in keys, shapes, dtype and device
+        fused = self._fused_gradients and fused_batch_unsupported_reason(self.model, batches[0]) is None
         for one_batch in batches:
-            if self._fused_gradients and fused_batch_unsupported_reason(self.model, one_batch) is None:
+            if fused:
                 # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
                 terms = fused_loss_and_backward(
                     self.model,

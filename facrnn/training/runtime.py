@@ -48,12 +48,17 @@ _allocator_tuned = False
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
+def affinity_cpus() -> set[int]:
+    """The CPUs this process may run on (all of them where there is no affinity mask)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
 def available_cores() -> int:
     """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(affinity_cpus())
 
 
 #: seconds over which /proc/stat is sampled for idle cores (only for batched copies with threads: null)
@@ -227,14 +232,6 @@ def idle_cores(cpus: Collection[int], sample_s: float = IDLE_SAMPLE_S, stat: Pat
     if elapsed <= 0:
         return None
     return len(cpus) * (idle_after - idle_before) / elapsed
-
-
-def affinity_cpus() -> set[int]:
-    """The CPUs this process may run on (all of them where there is no affinity mask)."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return set(range(os.cpu_count() or 1))
 
 
 def concurrent_hydra_jobs(cores: int) -> int:
