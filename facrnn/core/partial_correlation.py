@@ -136,21 +136,24 @@ class _MinibatchPartialCorrelation(torch.autograd.Function):
         grad_score.diagonal(dim1=-2, dim2=-1).add_(
             (scale.unsqueeze(1) * (1.0 - weight)) * (1.0 / joint_mass.unsqueeze(1) - 1.0 / marginal_mass)
         )
-        group_columns = (mask * inv_h2).unsqueeze(1)  # (G, 1, K)
+        group_rows = (mask * inv_h2).unsqueeze(-1)  # (G, K, 1)
         flat_grad = grad_score.view(n_copies * n_groups, n, n)
 
-        def per_group(values: torch.Tensor) -> torch.Tensor:  # (C, n, K) -> (C * G, n, K)
-            return values.unsqueeze(1).expand(n_copies, n_groups, n, latent_dim).reshape(n_copies * n_groups, n, latent_dim)
+        def per_group_t(values: torch.Tensor) -> torch.Tensor:  # (C, n, K) -> (C * G, K, n)
+            values_t = values.transpose(1, 2).unsqueeze(1)
+            return values_t.expand(n_copies, n_groups, latent_dim, n).reshape(n_copies * n_groups, latent_dim, n)
 
+        # The products are taken transposed, (K, n) @ (n, n): with the thin matrix on the left
+        # the batched gemm is 2-4x faster on CPU than (n, n) @ (n, K) (benchmarks/README.md).
         grad_samples = grad_means = None
         if ctx.needs_input_grad[0]:
-            grad_samples = (
-                torch.bmm(flat_grad, per_group(means)).view(n_copies, n_groups, n, latent_dim) * group_columns
-            ).sum(1)
+            rows = torch.bmm(per_group_t(means), flat_grad.transpose(1, 2)).view(n_copies, n_groups, latent_dim, n)
+            grad_samples = (rows * group_rows).sum(1).transpose(1, 2)
         if ctx.needs_input_grad[1]:
-            cross = torch.bmm(flat_grad.transpose(1, 2), per_group(samples)).view(n_copies, n_groups, n, latent_dim)
-            column_sums = grad_score.sum(-2).unsqueeze(-1)  # (C, G, n, 1)
-            grad_means = ((cross - column_sums * means.unsqueeze(1)) * group_columns).sum(1)
+            cross = torch.bmm(per_group_t(samples), flat_grad).view(n_copies, n_groups, latent_dim, n)
+            column_sums = grad_score.sum(-2).unsqueeze(-2)  # (C, G, 1, n)
+            centres_t = means.transpose(1, 2).unsqueeze(1)  # (C, 1, K, n)
+            grad_means = ((cross - column_sums * centres_t) * group_rows).sum(1).transpose(1, 2)
         return grad_samples, grad_means, None, None, None
 
 
