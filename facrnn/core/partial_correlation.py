@@ -145,17 +145,15 @@ class _MinibatchPartialCorrelation(torch.autograd.Function):
 
         # The products are taken transposed, (K, n) @ (n, n): with the thin matrix on the left
         # the batched gemm is 2-4x faster on CPU than (n, n) @ (n, K) (benchmarks/README.md).
-        # The gradients are returned contiguous: the backward of the DDP all_gather
-        # (torch.distributed.nn) hands slices of them to gloo, which sums non-contiguous ones wrongly.
         grad_samples = grad_means = None
         if ctx.needs_input_grad[0]:
             rows = torch.bmm(per_group_t(means), flat_grad.transpose(1, 2)).view(n_copies, n_groups, latent_dim, n)
-            grad_samples = (rows * group_rows).sum(1).transpose(1, 2).contiguous()
+            grad_samples = (rows * group_rows).sum(1).transpose(1, 2)
         if ctx.needs_input_grad[1]:
             cross = torch.bmm(per_group_t(samples), flat_grad).view(n_copies, n_groups, latent_dim, n)
             column_sums = grad_score.sum(-2).unsqueeze(-2)  # (C, G, 1, n)
             centres_t = means.transpose(1, 2).unsqueeze(1)  # (C, 1, K, n)
-            grad_means = ((cross - column_sums * centres_t) * group_rows).sum(1).transpose(1, 2).contiguous()
+            grad_means = ((cross - column_sums * centres_t) * group_rows).sum(1).transpose(1, 2)
         return grad_samples, grad_means, None, None, None
 
 

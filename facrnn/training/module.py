@@ -47,7 +47,20 @@ def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     import torch.distributed.nn.functional as distributed_functional
 
-    return torch.cat(distributed_functional.all_gather(tensor.contiguous()), dim=0)
+    gathered = torch.cat(distributed_functional.all_gather(tensor.contiguous()), dim=0)
+    return with_contiguous_gradient(gathered)
+
+
+def with_contiguous_gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, its gradient made contiguous on the way back into its ``grad_fn``.
+
+    The backward of ``all_gather`` hands the rows of each rank (slices of the incoming
+    gradient) to an all-to-all, and gloo sums non-contiguous tensors wrongly; a gradient that
+    arrives as a transposed view (the PC term's backward) must be made dense first.
+    """
+    if tensor.requires_grad:
+        tensor.register_hook(torch.Tensor.contiguous)
+    return tensor
 
 
 def stack_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:

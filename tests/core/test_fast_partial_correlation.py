@@ -86,16 +86,3 @@ def test_eval_max_samples_subsets_the_samples() -> None:
     assert partial_correlation_eval(means, 0.5, [2, 2], n_mc=4, seed=1, max_samples=400) == subset
     assert subset != full and subset == pytest.approx(full, abs=0.05)
 
-
-@pytest.mark.parametrize("batched", [False, True])
-def test_fused_minibatch_gradients_are_contiguous(batched: bool) -> None:
-    # The DDP all_gather's backward hands slices of these gradients to gloo, which sums
-    # non-contiguous tensors wrongly (tests/runs/test_scale.py); the backward returns them dense.
-    samples, means = _posterior_batch(24, 6, 0.5, torch.float32, seed=2)
-    if batched:
-        samples, means = samples.view(2, 12, 6), means.view(2, 12, 6)
-    samples.requires_grad_(True)
-    means.requires_grad_(True)
-    value = partial_correlation_minibatch(samples, means, 0.5, [3, 3], 100).sum()
-    for gradient in torch.autograd.grad(value, (samples, means)):
-        assert gradient.is_contiguous(), gradient.stride()
