@@ -46,16 +46,17 @@ import inspect
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
 from facrnn.core.copies import ReplicatedLowRankRNN
-from facrnn.core.losses import gaussian_kl, overlap_penalty, poisson_nll
+from facrnn.core.losses import LOSS_TERMS, gaussian_kl, overlap_penalty, poisson_nll
 from facrnn.core.model import MODEL_INPUT_KEYS, LowRankRNN
 from facrnn.core.observation import GaussianObservation, PoissonObservation
-from facrnn.core.partial_correlation import _MinibatchPartialCorrelation, group_mask
+from facrnn.core.partial_correlation import group_mask, minibatch_pc_backward, minibatch_pc_forward
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,6 @@ PARAMETER_NAMES = (
 )
 
 Model = LowRankRNN | ReplicatedLowRankRNN
-
-
-class _SavedContext:
-    """Stands in for the ``ctx`` of an autograd function: what ``forward`` saves for ``backward``."""
-
-    needs_input_grad = (True, True, False, False, False)
-
-    def save_for_backward(self, *tensors: torch.Tensor) -> None:
-        self.saved_tensors = tensors
 
 
 def model_parameters(model: Model) -> tuple[torch.Tensor, ...]:
@@ -168,38 +160,125 @@ def fused_step_supported(model: Any, batch: Mapping[str, torch.Tensor] | None = 
     return reason is None
 
 
-@torch.no_grad()
-def _fused(
-    model: Model,
-    batch: Mapping[str, torch.Tensor],
-    beta: float,
-    alpha: float,
-    n_train: int,
-    block_mask: torch.Tensor | None,
-    partial_corr: bool | None,
-    noise: torch.Tensor | None,
-) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
-    """Terms and gradients ``(dB, db, dA, da, ds)`` (``ds`` None for Poisson); ``partial_corr``
-    None means ``beta > 0``."""
+@dataclass(frozen=True)
+class FusedStepSpec:
+    """What the arithmetic of :func:`fused_terms_and_grads` depends on besides its tensors.
+
+    Fixed for a model and a training run (one per value of ``partial_corr_gradient`` when a
+    beta warm-up starts at 0), so that a compiled step (:mod:`facrnn.training.compiled_step`)
+    is traced once.
+
+    Attributes
+    ----------
+    replicated : bool
+        Batched copies: every tensor has a leading copy dimension ``C``.
+    gaussian : bool
+        Gaussian observations (else Poisson).
+    link : str
+        One of :data:`FUSED_LINKS`.
+    width : float
+        Posterior width ``h``.
+    group_sizes : tuple of int
+        Latent group sizes.
+    n_train : int
+        ``M``, training samples, weighting the minibatch PC estimator.
+    alpha : float
+        Weight of the overlap penalty; 0 skips it.
+    partial_corr : bool
+        Whether the PC term is computed (with at least two groups).
+    partial_corr_gradient : bool
+        Whether its gradient is taken (``beta != 0``).
+    """
+
+    replicated: bool
+    gaussian: bool
+    link: str
+    width: float
+    group_sizes: tuple[int, ...]
+    n_train: int
+    alpha: float
+    partial_corr: bool
+    partial_corr_gradient: bool
+
+
+class FusedTermsAndGrads(NamedTuple):
+    """Output of :func:`fused_terms_and_grads`: the loss terms, then the gradients of ``loss.sum()``."""
+
+    loss: torch.Tensor  # () or (C,)
+    nll: torch.Tensor
+    kl: torch.Tensor
+    partial_corr: torch.Tensor
+    overlap: torch.Tensor
+    B_grad: torch.Tensor  # (K, N) / (C, K, N)
+    b_grad: torch.Tensor  # (K,) / (C, K)
+    A_grad: torch.Tensor  # (N, K) / (C, N, K)
+    a_grad: torch.Tensor  # (N,) / (C, N)
+    log_noise_std_grad: torch.Tensor | None  # (N,) / (C, N); None for Poisson
+
+
+def step_spec(model: Model, beta: float, alpha: float, n_train: int, partial_corr: bool | None = None) -> FusedStepSpec:
+    """The :class:`FusedStepSpec` of ``model``; ``partial_corr`` None means ``beta > 0``."""
     if partial_corr is None:
         partial_corr = beta > 0
-    B, b, A, a, log_noise_std = model_parameters(model)
-    replicated = isinstance(model, ReplicatedLowRankRNN)
-    x, u, external = batch["x"], batch["encoder_input"], batch.get("external_input")
-    if replicated and x.ndim == 2:  # shared by every copy, as loss_terms expands it
-        n_copies = model.n_copies
-        x, u = x.expand(n_copies, *x.shape), u.expand(n_copies, *u.shape)
-        external = None if external is None else external.expand(n_copies, *external.shape)
-    width = model.width
-    observation = model.observation
-    link = observation.link
+    return FusedStepSpec(
+        replicated=isinstance(model, ReplicatedLowRankRNN),
+        gaussian=isinstance(model.observation, GaussianObservation),
+        link=model.observation.link,
+        width=float(model.width),
+        group_sizes=tuple(int(size) for size in model.group_sizes),
+        n_train=int(n_train),
+        alpha=float(alpha),
+        partial_corr=bool(partial_corr),
+        partial_corr_gradient=beta != 0,
+    )
+
+
+def fused_terms_and_grads(
+    spec: FusedStepSpec,
+    B: torch.Tensor,
+    b: torch.Tensor,
+    A: torch.Tensor,
+    a: torch.Tensor,
+    log_noise_std: torch.Tensor,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    external: torch.Tensor | None,
+    noise: torch.Tensor,
+    beta: float | torch.Tensor,
+    block_mask: torch.Tensor | None,
+) -> FusedTermsAndGrads:
+    """The loss terms and their gradients from tensors alone (pure; no autograd graph).
+
+    Parameters
+    ----------
+    spec : FusedStepSpec
+        The model's settings.
+    B, b, A, a, log_noise_std : tensor
+        Encoder weight ``(K, N)`` and bias ``(K,)``, decoder weight ``(N, K)`` and bias
+        ``(N,)``, observation log-std ``(N,)``; copies: a leading ``C`` on each.
+    x, u : tensor
+        Targets and encoder inputs ``(n, N)``; copies ``(C, n, N)`` (expanded if shared).
+    external : tensor, optional
+        External input added to the observation mean, of ``x``'s shape.
+    noise : tensor
+        Posterior noise ``eps``, ``(n, K)`` or ``(C, n, K)``.
+    beta : float or 0-d tensor
+        Weight of the PC term in ``loss`` (a tensor keeps a compiled step from specialising
+        on its value during a warm-up).
+    block_mask : (K, K) tensor, optional
+        Needed when ``spec.alpha > 0``.
+
+    Returns
+    -------
+    FusedTermsAndGrads
+    """
+    replicated = spec.replicated
+    width, link, alpha = spec.width, spec.link, spec.alpha
     n = x.shape[-2]
     inv_n = 1.0 / n
 
     # ---- forward: the operations of loss_terms, in its order
     means = torch.baddbmm(b.unsqueeze(1), u, B.transpose(1, 2)) if replicated else F.linear(u, B, b)
-    if noise is None:
-        noise = torch.randn(means.shape, dtype=means.dtype, device=means.device)  # as model.sample draws it
     samples = means + width * noise
     output = torch.baddbmm(a.unsqueeze(1), samples, A.transpose(1, 2)) if replicated else F.linear(samples, A, a)
     if link == "identity":
@@ -210,7 +289,7 @@ def _fused(
         mean = F.softplus(output)
     if external is not None:
         mean = mean + external
-    if isinstance(observation, GaussianObservation):
+    if spec.gaussian:
         log_std = log_noise_std.unsqueeze(-2)
         inv_std = torch.exp(-log_std)  # (..., 1, N)
         standardized = (x - mean) * inv_std
@@ -228,13 +307,11 @@ def _fused(
         grad_log_std = None
     kl = gaussian_kl(means, width)
     zero = torch.zeros_like(nll)
-    group_sizes = model.group_sizes
-    with_pc = partial_corr and len(group_sizes) > 1 and n >= 2
-    context = _SavedContext()
+    with_pc = spec.partial_corr and len(spec.group_sizes) > 1 and n >= 2
     if with_pc:
-        mask = group_mask(group_sizes, means.dtype, means.device)
+        mask = group_mask(spec.group_sizes, means.dtype, means.device)
         batched = (samples, means) if replicated else (samples.unsqueeze(0), means.unsqueeze(0))
-        value = _MinibatchPartialCorrelation.forward(context, *batched, float(width), mask, int(n_train))
+        value, saved = minibatch_pc_forward(*batched, width, mask, spec.n_train)
         pc = value if replicated else value[0]
     else:
         pc = zero
@@ -246,7 +323,6 @@ def _fused(
     else:
         overlap = zero
     loss = nll + kl + beta * pc + alpha * overlap
-    terms = {"loss": loss, "nll": nll, "kl": kl, "partial_corr": pc, "overlap": overlap}
 
     # ---- backward
     if link == "relu":
@@ -260,9 +336,13 @@ def _fused(
     a_grad = grad_output.sum(-2)
     grad_samples = grad_output @ A  # (..., n, K)
     grad_means = torch.add(grad_samples, means, alpha=inv_n)  # + d kl / d mu
-    if with_pc and beta != 0:
-        weight = means.new_full((means.shape[0] if replicated else 1,), beta)
-        pc_samples, pc_means = _MinibatchPartialCorrelation.backward(context, weight)[:2]
+    if with_pc and spec.partial_corr_gradient:
+        n_copies = means.shape[0] if replicated else 1
+        if isinstance(beta, torch.Tensor):
+            weight = beta.to(means.dtype).expand(n_copies)
+        else:
+            weight = means.new_full((n_copies,), beta)
+        pc_samples, pc_means = minibatch_pc_backward(saved, weight)
         if not replicated:
             pc_samples, pc_means = pc_samples[0], pc_means[0]
         grad_means.add_(pc_samples).add_(pc_means)
@@ -273,7 +353,52 @@ def _fused(
         grad_overlap = (1.0 - block_mask) * overlap_matrix * (2.0 * alpha / latent_dim**2)  # (..., K, K)
         B_grad.add_(grad_overlap @ A.transpose(-1, -2))
         A_grad.add_(B.transpose(-1, -2) @ grad_overlap)
-    return terms, (B_grad, b_grad, A_grad, a_grad, grad_log_std)
+    return FusedTermsAndGrads(loss, nll, kl, pc, overlap, B_grad, b_grad, A_grad, a_grad, grad_log_std)
+
+
+def step_inputs(
+    model: Model, batch: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """The tensor arguments ``(B, b, A, a, log_noise_std, x, u, external, noise)`` of
+    :func:`fused_terms_and_grads` for ``model`` and ``batch``; the noise drawn as
+    :meth:`LowRankRNN.sample` draws it (one ``torch.randn`` of the means' shape) when None."""
+    B, b, A, a, log_noise_std = model_parameters(model)
+    x, u, external = batch["x"], batch["encoder_input"], batch.get("external_input")
+    if isinstance(model, ReplicatedLowRankRNN) and x.ndim == 2:  # shared by every copy, as loss_terms expands it
+        n_copies = model.n_copies
+        x, u = x.expand(n_copies, *x.shape), u.expand(n_copies, *u.shape)
+        external = None if external is None else external.expand(n_copies, *external.shape)
+    if noise is None:
+        shape = (*x.shape[:-1], B.shape[-2])  # the means' shape, (..., n, K)
+        noise = torch.randn(shape, dtype=B.dtype, device=B.device)
+    return B, b, A, a, log_noise_std, x, u, external, noise
+
+
+@torch.no_grad()
+def _fused(
+    model: Model,
+    batch: Mapping[str, torch.Tensor],
+    beta: float,
+    alpha: float,
+    n_train: int,
+    block_mask: torch.Tensor | None,
+    partial_corr: bool | None,
+    noise: torch.Tensor | None,
+) -> FusedTermsAndGrads:
+    spec = step_spec(model, beta, alpha, n_train, partial_corr)
+    B, b, A, a, log_noise_std, x, u, external, noise = step_inputs(model, batch, noise)
+    return fused_terms_and_grads(spec, B, b, A, a, log_noise_std, x, u, external, noise, beta, block_mask)
+
+
+def terms_of(result: FusedTermsAndGrads) -> dict[str, torch.Tensor]:
+    """The loss terms of ``result`` by name (``facrnn.core.losses.LOSS_TERMS``)."""
+    return dict(zip(LOSS_TERMS, result[:5]))
+
+
+def set_gradients(model: Model, result: FusedTermsAndGrads) -> None:
+    """Set (not accumulate) every parameter's ``.grad`` to its gradient in ``result``."""
+    for parameter, grad in zip(model_parameters(model), result[5:]):
+        parameter.grad = grad
 
 
 def fused_loss_and_grads(
@@ -324,9 +449,9 @@ def fused_loss_and_grads(
         of the parameter's shape; ``log_noise_std`` is None for Poisson observations (autograd
         gives it none either).
     """
-    terms, grads = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
+    result = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
     names = [pair[1] if isinstance(model, ReplicatedLowRankRNN) else pair[0] for pair in PARAMETER_NAMES]
-    return terms, dict(zip(names, grads))
+    return terms_of(result), dict(zip(names, result[5:]))
 
 
 def fused_loss_and_backward(
@@ -353,14 +478,15 @@ def fused_loss_and_backward(
     dict of str to tensor
         The loss terms (``facrnn.core.losses.LOSS_TERMS``), detached.
     """
-    terms, grads = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
-    for parameter, grad in zip(model_parameters(model), grads):
-        parameter.grad = grad
-    return terms
+    result = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
+    set_gradients(model, result)
+    return terms_of(result)
 
 
 __all__ = [
     "FUSED_LINKS",
+    "FusedStepSpec",
+    "FusedTermsAndGrads",
     "PARAMETER_NAMES",
     "POISSON_MIN_RATE",
     "fused_batch_unsupported_reason",
@@ -369,5 +495,10 @@ __all__ = [
     "fused_model_unsupported_reason",
     "fused_step_supported",
     "fused_step_unsupported_reason",
+    "fused_terms_and_grads",
     "model_parameters",
+    "set_gradients",
+    "step_inputs",
+    "step_spec",
+    "terms_of",
 ]

@@ -81,79 +81,144 @@ def _cached_group_mask(group_sizes: tuple[int, ...], dtype: torch.dtype, device:
     return mask.to(device)
 
 
-class _MinibatchPartialCorrelation(torch.autograd.Function):
-    """Fused forward and hand-written backward of :func:`partial_correlation_minibatch`,
-    for ``C`` independent copies at once (``samples``, ``means``: ``(C, n, K)``; value ``(C,)``).
+class MinibatchPCSaved(NamedTuple):
+    """What :func:`minibatch_pc_forward` keeps for :func:`minibatch_pc_backward`."""
+
+    samples: torch.Tensor  # (C, n, K)
+    means: torch.Tensor  # (C, n, K)
+    mask: torch.Tensor  # (G, K)
+    kernel: torch.Tensor  # (C, G, n, n)
+    joint: torch.Tensor  # (C, n, n)
+    marginal_mass: torch.Tensor  # (C, G, n)
+    joint_mass: torch.Tensor  # (C, n)
+    inv_h2: float
+    weight: float
+
+
+def minibatch_pc_forward(
+    samples: torch.Tensor, means: torch.Tensor, width: float, mask: torch.Tensor, n_total: int
+) -> tuple[torch.Tensor, MinibatchPCSaved]:
+    """Value of the minibatch PC estimator for ``C`` copies at once, and what its backward needs.
 
     With ``S_g[i, j] = (z_gi . mu_gj - |mu_gj|^2 / 2) / h^2`` (the terms in ``|z_gi|^2`` and the
     normalising constants cancel between joint and marginals) and the shift ``S_g[i, i]``
     (the sample's own kernel), ``E_g = exp(S_g - S_g[i, i])`` has an exact unit diagonal and
     is bounded by ``exp(|eps_gi|^2 / 2)``; the joint kernel is the product ``prod_g E_g``.
     The weighted row mass is ``1 + w (rowsum - 1)`` with ``w = (M - 1) / (n - 1)``, so
-    ``PC = mean_i [log L_i - sum_g log L_gi] + (G - 1) log M``. The gradient with respect to
-    ``S_g[i, j]`` is ``w_ij (J_ij / L_i - E_gij / L_gi) / n``, whose rows sum to zero.
+    ``PC = mean_i [log L_i - sum_g log L_gi] + (G - 1) log M``.
+
+    Parameters
+    ----------
+    samples, means : (C, n, K) tensor
+        Posterior samples and means of the batches of ``C`` copies.
+    width : float
+        Posterior width ``h``.
+    mask : (G, K) tensor
+        :func:`group_mask` of the groups.
+    n_total : int
+        ``M``, training samples.
+
+    Returns
+    -------
+    value : (C,) tensor
+    saved : MinibatchPCSaved
+        Input of :func:`minibatch_pc_backward`.
+    """
+    n_groups, latent_dim = mask.shape
+    n_copies, n = samples.shape[0], samples.shape[1]
+    inv_h2 = 1.0 / width**2
+    # (C, G, n, K): group g's columns only; the copies and groups share one batched matmul
+    scaled = samples.unsqueeze(1) * (mask * inv_h2).unsqueeze(1)
+    centre_term = (means * means) @ (mask.T * (-0.5 * inv_h2))  # (C, n, G)
+    centres = means.transpose(1, 2).unsqueeze(1).expand(n_copies, n_groups, latent_dim, n)
+    score = torch.baddbmm(
+        centre_term.transpose(1, 2).reshape(n_copies * n_groups, 1, n),
+        scaled.reshape(n_copies * n_groups, n, latent_dim),
+        centres.reshape(n_copies * n_groups, latent_dim, n),
+    ).view(n_copies, n_groups, n, n)
+    own = score.diagonal(dim1=-2, dim2=-1).clone()  # (C, G, n)
+    kernel = score.sub_(own.unsqueeze(-1)).exp_()  # (C, G, n, n), diagonal exactly 1
+    joint = kernel[:, 0] * kernel[:, 1] if n_groups == 2 else kernel.prod(1)  # (C, n, n)
+    weight = (n_total - 1) / (n - 1)
+    marginal_mass = kernel.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, G, n)
+    joint_mass = joint.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, n)
+    value = (joint_mass.log() - marginal_mass.log().sum(1)).mean(-1) + (n_groups - 1) * math.log(n_total)
+    return value, MinibatchPCSaved(samples, means, mask, kernel, joint, marginal_mass, joint_mass, inv_h2, weight)
+
+
+def minibatch_pc_backward(
+    saved: MinibatchPCSaved, grad_output: torch.Tensor, samples_grad: bool = True, means_grad: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``sum_c grad_output[c] PC_c`` with respect to the samples and the means.
+
+    The gradient with respect to ``S_g[i, j]`` (:func:`minibatch_pc_forward`) is
+    ``w_ij (J_ij / L_i - E_gij / L_gi) / n``, whose rows sum to zero.
+
+    Parameters
+    ----------
+    saved : MinibatchPCSaved
+        From :func:`minibatch_pc_forward`.
+    grad_output : (C,) tensor
+        Weight of each copy's value.
+    samples_grad, means_grad : bool
+        Which of the two gradients to compute (the other is None).
+
+    Returns
+    -------
+    grad_samples, grad_means : (C, n, K) tensor or None
+        Transposed views (not contiguous).
+    """
+    samples, means, mask, kernel, joint, marginal_mass, joint_mass, inv_h2, weight = saved
+    n_groups, latent_dim = mask.shape
+    n_copies, n = samples.shape[0], samples.shape[1]
+    scale = (grad_output / n).view(n_copies, 1)  # (C, 1)
+    joint_coef = (scale * weight) / joint_mass  # (C, n)
+    marginal_coef = (scale.unsqueeze(1) * weight) / marginal_mass  # (C, G, n)
+    grad_score = torch.addcmul(
+        (joint * joint_coef.unsqueeze(-1)).unsqueeze(1), kernel, marginal_coef.unsqueeze(-1), value=-1.0
+    )  # (C, G, n, n)
+    # The diagonal weight is 1, not w.
+    grad_score.diagonal(dim1=-2, dim2=-1).add_(
+        (scale.unsqueeze(1) * (1.0 - weight)) * (1.0 / joint_mass.unsqueeze(1) - 1.0 / marginal_mass)
+    )
+    group_rows = (mask * inv_h2).unsqueeze(-1)  # (G, K, 1)
+    flat_grad = grad_score.view(n_copies * n_groups, n, n)
+
+    def per_group_t(values: torch.Tensor) -> torch.Tensor:  # (C, n, K) -> (C * G, K, n)
+        values_t = values.transpose(1, 2).unsqueeze(1)
+        return values_t.expand(n_copies, n_groups, latent_dim, n).reshape(n_copies * n_groups, latent_dim, n)
+
+    # The products are taken transposed, (K, n) @ (n, n): with the thin matrix on the left
+    # the batched gemm is 2-4x faster on CPU than (n, n) @ (n, K) (benchmarks/README.md).
+    grad_samples = grad_means = None
+    if samples_grad:
+        rows = torch.bmm(per_group_t(means), flat_grad.transpose(1, 2)).view(n_copies, n_groups, latent_dim, n)
+        grad_samples = (rows * group_rows).sum(1).transpose(1, 2)
+    if means_grad:
+        cross = torch.bmm(per_group_t(samples), flat_grad).view(n_copies, n_groups, latent_dim, n)
+        column_sums = grad_score.sum(-2).unsqueeze(-2)  # (C, G, 1, n)
+        centres_t = means.transpose(1, 2).unsqueeze(1)  # (C, 1, K, n)
+        grad_means = ((cross - column_sums * centres_t) * group_rows).sum(1).transpose(1, 2)
+    return grad_samples, grad_means
+
+
+class _MinibatchPartialCorrelation(torch.autograd.Function):
+    """:func:`minibatch_pc_forward` with :func:`minibatch_pc_backward` as its backward, for
+    ``C`` independent copies at once (``samples``, ``means``: ``(C, n, K)``; value ``(C,)``).
     About a third of the operations of plain autograd through :func:`group_log_densities`.
     """
 
     @staticmethod
     def forward(ctx, samples, means, width, mask, n_total):  # type: ignore[override]
-        n_groups, latent_dim = mask.shape
-        n_copies, n = samples.shape[0], samples.shape[1]
-        inv_h2 = 1.0 / width**2
-        # (C, G, n, K): group g's columns only; the copies and groups share one batched matmul
-        scaled = samples.unsqueeze(1) * (mask * inv_h2).unsqueeze(1)
-        centre_term = (means * means) @ (mask.T * (-0.5 * inv_h2))  # (C, n, G)
-        centres = means.transpose(1, 2).unsqueeze(1).expand(n_copies, n_groups, latent_dim, n)
-        score = torch.baddbmm(
-            centre_term.transpose(1, 2).reshape(n_copies * n_groups, 1, n),
-            scaled.reshape(n_copies * n_groups, n, latent_dim),
-            centres.reshape(n_copies * n_groups, latent_dim, n),
-        ).view(n_copies, n_groups, n, n)
-        own = score.diagonal(dim1=-2, dim2=-1).clone()  # (C, G, n)
-        kernel = score.sub_(own.unsqueeze(-1)).exp_()  # (C, G, n, n), diagonal exactly 1
-        joint = kernel[:, 0] * kernel[:, 1] if n_groups == 2 else kernel.prod(1)  # (C, n, n)
-        weight = (n_total - 1) / (n - 1)
-        marginal_mass = kernel.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, G, n)
-        joint_mass = joint.sum(-1).sub_(1.0).mul_(weight).add_(1.0)  # (C, n)
-        value = (joint_mass.log() - marginal_mass.log().sum(1)).mean(-1) + (n_groups - 1) * math.log(n_total)
-        ctx.save_for_backward(samples, means, mask, kernel, joint, marginal_mass, joint_mass)
-        ctx.inv_h2, ctx.weight = inv_h2, weight
+        value, saved = minibatch_pc_forward(samples, means, width, mask, n_total)
+        ctx.save_for_backward(*saved[:7])
+        ctx.inv_h2, ctx.weight = saved.inv_h2, saved.weight
         return value
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        samples, means, mask, kernel, joint, marginal_mass, joint_mass = ctx.saved_tensors
-        n_groups, latent_dim = mask.shape
-        n_copies, n = samples.shape[0], samples.shape[1]
-        weight, inv_h2 = ctx.weight, ctx.inv_h2
-        scale = (grad_output / n).view(n_copies, 1)  # (C, 1)
-        joint_coef = (scale * weight) / joint_mass  # (C, n)
-        marginal_coef = (scale.unsqueeze(1) * weight) / marginal_mass  # (C, G, n)
-        grad_score = torch.addcmul(
-            (joint * joint_coef.unsqueeze(-1)).unsqueeze(1), kernel, marginal_coef.unsqueeze(-1), value=-1.0
-        )  # (C, G, n, n)
-        # The diagonal weight is 1, not w.
-        grad_score.diagonal(dim1=-2, dim2=-1).add_(
-            (scale.unsqueeze(1) * (1.0 - weight)) * (1.0 / joint_mass.unsqueeze(1) - 1.0 / marginal_mass)
-        )
-        group_rows = (mask * inv_h2).unsqueeze(-1)  # (G, K, 1)
-        flat_grad = grad_score.view(n_copies * n_groups, n, n)
-
-        def per_group_t(values: torch.Tensor) -> torch.Tensor:  # (C, n, K) -> (C * G, K, n)
-            values_t = values.transpose(1, 2).unsqueeze(1)
-            return values_t.expand(n_copies, n_groups, latent_dim, n).reshape(n_copies * n_groups, latent_dim, n)
-
-        # The products are taken transposed, (K, n) @ (n, n): with the thin matrix on the left
-        # the batched gemm is 2-4x faster on CPU than (n, n) @ (n, K) (benchmarks/README.md).
-        grad_samples = grad_means = None
-        if ctx.needs_input_grad[0]:
-            rows = torch.bmm(per_group_t(means), flat_grad.transpose(1, 2)).view(n_copies, n_groups, latent_dim, n)
-            grad_samples = (rows * group_rows).sum(1).transpose(1, 2)
-        if ctx.needs_input_grad[1]:
-            cross = torch.bmm(per_group_t(samples), flat_grad).view(n_copies, n_groups, latent_dim, n)
-            column_sums = grad_score.sum(-2).unsqueeze(-2)  # (C, G, 1, n)
-            centres_t = means.transpose(1, 2).unsqueeze(1)  # (C, 1, K, n)
-            grad_means = ((cross - column_sums * centres_t) * group_rows).sum(1).transpose(1, 2)
+        saved = MinibatchPCSaved(*ctx.saved_tensors, ctx.inv_h2, ctx.weight)
+        grad_samples, grad_means = minibatch_pc_backward(saved, grad_output, *ctx.needs_input_grad[:2])
         return grad_samples, grad_means, None, None, None
 
 
