@@ -9,11 +9,16 @@ benchmark's sizes; the arithmetic does not depend on the values):
 - ``autograd``: ``optimizer.zero_grad(); module.loss_terms(batch)["loss"].sum().backward(); optimizer.step()``
   (what ``FacRNNModule.training_step`` does per batch with the plain backward);
 - ``fused + optimizer.step()``: ``fused_loss_and_backward(...)`` (sets ``.grad``, no zero_grad), ``optimizer.step()``;
-- ``fused + fused_adam_step``: the same with the AdamW kernel called directly.
+- ``fused + fused_adam_step``: the same with the AdamW kernel called directly;
+- ``compiled + fused_adam_step``: the fused step compiled by ``torch.compile``
+  (:class:`facrnn.training.compiled_step.CompiledFusedStep`, ``model.compile_step``); its
+  compilation (~30 s cold, ~3 s from torch's cache) is printed and not timed. ``--no-compile``
+  leaves it out.
 
     python -m benchmarks.fused_step                      # ~30 s
     python -m benchmarks.fused_step --repeats 21 --steps 500
     python -m benchmarks.fused_step --replicas 10 --alpha 1 --link relu
+    python -m benchmarks.fused_step --no-compile
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from benchmarks.common import machine_description, median, print_table
 from facrnn.core.fused_step import fused_loss_and_backward, fused_step_unsupported_reason
 from facrnn.core.model import encoder_input
 from facrnn.training.adam_step import fused_adam_step
+from facrnn.training.compiled_step import CompiledFusedStep
 from facrnn.training.module import FacRNNModule
 
 
@@ -48,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled step")
     return parser.parse_args()
 
 
@@ -104,14 +111,16 @@ def step_functions(args: argparse.Namespace, batches: list[dict[str, torch.Tenso
         print(f"fused path unsupported: {reason}")
         return paths
 
-    def fused_path(use_kernel: bool) -> Callable[[int], None]:
+    def fused_path(
+        use_kernel: bool, loss_and_backward: Callable[..., object] = fused_loss_and_backward
+    ) -> Callable[[int], None]:
         module = make_module(args)
         optimizer = module.configure_optimizers()
         model, block_mask = module.model, module.block_mask
         beta, alpha, n_train = float(module.hparams.beta), float(module.hparams.alpha), int(module.hparams.n_train)
 
         def fused_step(index: int) -> None:
-            fused_loss_and_backward(model, batches[index % len(batches)], beta, alpha, n_train, block_mask)
+            loss_and_backward(model, batches[index % len(batches)], beta, alpha, n_train, block_mask)
             if use_kernel:
                 fused_adam_step(optimizer)
             else:
@@ -121,6 +130,12 @@ def step_functions(args: argparse.Namespace, batches: list[dict[str, torch.Tenso
 
     paths["fused + optimizer.step()"] = fused_path(False)
     paths["fused + fused_adam_step"] = fused_path(True)
+    if not args.no_compile:
+        compiled = fused_path(True, CompiledFusedStep(fallback_on_error=False))
+        started = time.perf_counter()
+        compiled(0)
+        print(f"compilation of the compiled step: {time.perf_counter() - started:.1f} s (not timed below)")
+        paths["compiled + fused_adam_step"] = compiled
     return paths
 
 

@@ -244,6 +244,7 @@ def fused_terms_and_grads(
     u: torch.Tensor,
     external: torch.Tensor | None,
     noise: torch.Tensor,
+    mask: torch.Tensor,
     beta: float | torch.Tensor,
     block_mask: torch.Tensor | None,
 ) -> FusedTermsAndGrads:
@@ -262,6 +263,8 @@ def fused_terms_and_grads(
         External input added to the observation mean, of ``x``'s shape.
     noise : tensor
         Posterior noise ``eps``, ``(n, K)`` or ``(C, n, K)``.
+    mask : (G, K) tensor
+        :func:`~facrnn.core.partial_correlation.group_mask` of ``spec.group_sizes``.
     beta : float or 0-d tensor
         Weight of the PC term in ``loss`` (a tensor keeps a compiled step from specialising
         on its value during a warm-up).
@@ -309,7 +312,6 @@ def fused_terms_and_grads(
     zero = torch.zeros_like(nll)
     with_pc = spec.partial_corr and len(spec.group_sizes) > 1 and n >= 2
     if with_pc:
-        mask = group_mask(spec.group_sizes, means.dtype, means.device)
         batched = (samples, means) if replicated else (samples.unsqueeze(0), means.unsqueeze(0))
         value, saved = minibatch_pc_forward(*batched, width, mask, spec.n_train)
         pc = value if replicated else value[0]
@@ -359,7 +361,7 @@ def fused_terms_and_grads(
 def step_inputs(
     model: Model, batch: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """The tensor arguments ``(B, b, A, a, log_noise_std, x, u, external, noise)`` of
+    """The tensor arguments ``(B, b, A, a, log_noise_std, x, u, external, noise, mask)`` of
     :func:`fused_terms_and_grads` for ``model`` and ``batch``; the noise drawn as
     :meth:`LowRankRNN.sample` draws it (one ``torch.randn`` of the means' shape) when None."""
     B, b, A, a, log_noise_std = model_parameters(model)
@@ -371,7 +373,8 @@ def step_inputs(
     if noise is None:
         shape = (*x.shape[:-1], B.shape[-2])  # the means' shape, (..., n, K)
         noise = torch.randn(shape, dtype=B.dtype, device=B.device)
-    return B, b, A, a, log_noise_std, x, u, external, noise
+    mask = group_mask(model.group_sizes, B.dtype, B.device)
+    return B, b, A, a, log_noise_std, x, u, external, noise, mask
 
 
 @torch.no_grad()
@@ -386,8 +389,7 @@ def _fused(
     noise: torch.Tensor | None,
 ) -> FusedTermsAndGrads:
     spec = step_spec(model, beta, alpha, n_train, partial_corr)
-    B, b, A, a, log_noise_std, x, u, external, noise = step_inputs(model, batch, noise)
-    return fused_terms_and_grads(spec, B, b, A, a, log_noise_std, x, u, external, noise, beta, block_mask)
+    return fused_terms_and_grads(spec, *step_inputs(model, batch, noise), beta, block_mask)
 
 
 def terms_of(result: FusedTermsAndGrads) -> dict[str, torch.Tensor]:

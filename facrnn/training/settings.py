@@ -55,6 +55,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, 
 #: ``model.gradients``: the hand-derived step of the linear model (facrnn/core/fused_step.py,
 #: where it applies) or autograd everywhere (the reference path)
 GRADIENTS = ("fused", "autograd")
+#: ``model.compile_step``: the fused step compiled by torch.compile for long CPU runs (auto),
+#: for every run (always) or never (facrnn/training/compiled_step.py)
+COMPILE_STEP = ("auto", "always", "never")
 
 #: ConfigStore group of the schemas; a config file takes one with ``- /schema/NAME@_here_``
 SCHEMA_GROUP = "schema"
@@ -108,6 +111,7 @@ class ModelSettings:
     rollout_forcing: float = 0.0
     rollout_window_fraction: float = 1.0
     gradients: str = "fused"
+    compile_step: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -173,6 +177,7 @@ class ModelSettings:
         require_choice("model.decoder", self.decoder, PROJECTIONS)
         require_choice("model.optimizer", self.optimizer, sorted(OPTIMIZERS))
         require_choice("model.gradients", self.gradients, GRADIENTS)
+        require_choice("model.compile_step", self.compile_step, COMPILE_STEP)
         if self.likelihood == "poisson" and self.link != "softplus":
             raise ConfigError(
                 f"model.link={shown(self.link)} with model.likelihood=poisson: "
@@ -430,6 +435,7 @@ def is_schema(schema: Any) -> bool:
 register_schemas()
 
 __all__ = [
+    "COMPILE_STEP",
     "GRADIENTS",
     "ModelSettings",
     "OPTIMIZERS",

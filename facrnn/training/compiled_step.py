@@ -1,0 +1,142 @@
+"""The hand-derived training step (:mod:`facrnn.core.fused_step`) compiled by ``torch.compile``.
+
+:func:`facrnn.core.fused_step.fused_terms_and_grads` is ~100 small tensor operations on a
+batch of 128; eager PyTorch spends most of a step dispatching them. Inductor fuses them into
+a few C++ loops around the matrix products: ~2-3x faster per step on one CPU core
+(benchmarks/README.md). The price is a one-off compilation, ~30 s on a cold cache and ~3-4 s
+once torch's inductor cache (``TORCHINDUCTOR_CACHE_DIR``, by default
+``/tmp/torchinductor_$USER``) holds the kernels, so ``model.compile_step=auto`` compiles only
+runs of at least :data:`AUTO_MIN_STEPS` optimizer steps on CPU.
+
+The compiled and the eager step compute the same terms and gradients up to round-off
+(inductor fuses and reorders sums): ``tests/training/test_compiled_step.py`` checks them
+against each other and a run against the eager run. The posterior noise is drawn outside the
+compiled code (one ``torch.randn`` from the global generator, as :meth:`LowRankRNN.sample`),
+so both paths consume the same random stream. Each batch shape is compiled once (the full
+batches and the last, partial batch of an epoch: two compilations; ``dynamic=False`` kernels
+are ~20 % faster than shape-generic ones here).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+
+import torch
+
+from facrnn.core.fused_step import (
+    FusedStepSpec,
+    FusedTermsAndGrads,
+    Model,
+    fused_terms_and_grads,
+    set_gradients,
+    step_inputs,
+    step_spec,
+    terms_of,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Inductor's pattern passes off: in torch 2.13 the rewrite of ``add(mm(...), y, alpha=c)`` into
+#: ``addmm`` drops ``alpha`` (silently wrong gradients of the encoder; pytorch/pytorch#167313,
+#: #196577). The pointwise fusion, where the time is saved, does not depend on them.
+INDUCTOR_OPTIONS = {"pattern_matcher": False}
+#: ``auto`` compiles runs of at least this many optimizer steps (cold compilation ~30 s, eager
+#: ~0.4 ms per step slower than compiled: about 75,000 steps to pay back without a cache,
+#: ~10,000 with one; the paper run has 40,000)
+AUTO_MIN_STEPS = 20_000
+
+
+def compile_unsupported_reason(device: torch.device) -> str | None:
+    """Why ``auto`` does not compile the step on ``device`` (None: it does)."""
+    if device.type != "cpu":
+        return f"device {device.type}: auto compiles the CPU step only (model.compile_step=always to try)"
+    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+        return "no C++ compiler (g++, c++ or clang++) on PATH for torch.compile's CPU kernels"
+    return None
+
+
+def compile_decision(setting: str, device: torch.device, planned_steps: float) -> tuple[bool, str]:
+    """Whether ``model.compile_step=setting`` compiles the fused step, and why (for the log).
+
+    Parameters
+    ----------
+    setting : {"auto", "always", "never"}
+        ``model.compile_step``.
+    device : torch.device
+        The parameters' device.
+    planned_steps : float
+        Optimizer steps the run will take (``inf`` without a limit).
+    """
+    if setting == "never":
+        return False, "model.compile_step=never"
+    if setting == "always":
+        return True, "model.compile_step=always"
+    reason = compile_unsupported_reason(device)
+    if reason is not None:
+        return False, reason
+    if planned_steps < AUTO_MIN_STEPS:
+        return False, f"{planned_steps:,.0f} optimizer steps planned, auto compiles from {AUTO_MIN_STEPS:,}"
+    return True, f"{planned_steps:,.0f} optimizer steps planned (auto compiles from {AUTO_MIN_STEPS:,})"
+
+
+class CompiledFusedStep:
+    """The fused step of one model, compiled on first use of every batch shape.
+
+    Parameters
+    ----------
+    fallback_on_error : bool
+        On a failed compilation, log a warning and use the eager step from then on (``auto``);
+        False re-raises (``always``).
+    """
+
+    def __init__(self, fallback_on_error: bool = True) -> None:
+        # torch 2.13's own lowering warns of its own deprecated helper while compiling
+        warnings.filterwarnings("ignore", message=r"`torch._prims_common.check` is deprecated", category=FutureWarning)
+        self.fallback_on_error = fallback_on_error
+        self.failed = False
+        self._compiled: dict[FusedStepSpec, Callable[..., FusedTermsAndGrads]] = {}
+
+    def _function(self, spec: FusedStepSpec) -> Callable[..., FusedTermsAndGrads]:
+        if spec not in self._compiled:
+            self._compiled[spec] = torch.compile(
+                functools.partial(fused_terms_and_grads, spec), dynamic=False, options=INDUCTOR_OPTIONS
+            )
+        return self._compiled[spec]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        model: Model,
+        batch: Mapping[str, torch.Tensor],
+        beta: float,
+        alpha: float,
+        n_train: int,
+        block_mask: torch.Tensor | None = None,
+        *,
+        partial_corr: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:func:`facrnn.core.fused_step.fused_loss_and_backward`, compiled: sets every
+        parameter's ``.grad`` and returns the loss terms."""
+        spec = step_spec(model, beta, alpha, n_train, partial_corr)
+        inputs = step_inputs(model, batch)
+        beta_tensor = torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device)
+        result = None
+        if not self.failed:
+            try:
+                result = self._function(spec)(*inputs, beta_tensor, block_mask)
+            except Exception as error:  # noqa: BLE001 - a compiler failure of any kind falls back
+                if not self.fallback_on_error:
+                    raise
+                self.failed = True
+                logger.warning("compiled training step failed, training on with the eager one: %s", error)
+        if result is None:
+            result = fused_terms_and_grads(spec, *inputs, beta, block_mask)
+        set_gradients(model, result)
+        return terms_of(result)
+
+
+__all__ = ["AUTO_MIN_STEPS", "INDUCTOR_OPTIONS", "CompiledFusedStep", "compile_decision", "compile_unsupported_reason"]

@@ -1,0 +1,125 @@
+"""``model.compile_step``: the fused step compiled by ``torch.compile`` computes what the eager
+fused step computes (terms and gradients to round-off, the same random stream), falls back
+to it when compilation fails, and is chosen by ``auto`` for long CPU runs only.
+
+Compilation takes ~30 s per batch shape on a cold inductor cache, so the default suite
+compiles the default model once here and once through the pipeline; the other variants are
+``slow``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from facrnn.core.fused_step import fused_loss_and_backward
+from facrnn.core.losses import LOSS_TERMS
+from facrnn.runs.pipeline import train
+from facrnn.training import compiled_step
+from facrnn.training.compiled_step import AUTO_MIN_STEPS, CompiledFusedStep, compile_decision
+from tests.core.test_fused_step import VARIANTS, assert_grads_close, fused_arguments, make_batch, make_module
+from tests.helpers import TINY_DATA, compose_config
+
+
+def eager_and_compiled(variant: str, step: CompiledFusedStep) -> tuple[dict, dict, dict, dict]:
+    """Terms and gradients of the eager and of the compiled fused step on one batch, same noise."""
+    module_kwargs, batch_kwargs = VARIANTS[variant]
+    module = make_module(torch.float32, **module_kwargs)
+    batch = make_batch(module, torch.float32, **batch_kwargs)
+    results = []
+    for run in (fused_loss_and_backward, step):
+        torch.manual_seed(11)
+        terms = run(module.model, batch, **fused_arguments(module))
+        grads = {name: None if p.grad is None else p.grad.clone() for name, p in module.model.named_parameters()}
+        results.append((terms, grads, torch.get_rng_state()))
+    (eager_terms, eager_grads, eager_rng), (terms, grads, rng) = results
+    assert torch.equal(rng, eager_rng)  # the noise is drawn outside the compiled code, as in eager
+    return eager_terms, eager_grads, terms, grads
+
+
+VARIANT_PARAMS = [
+    "gaussian_identity",
+    "copies_own_batches",
+    *(pytest.param(name, marks=pytest.mark.slow) for name in ("poisson_external_clamped", "beta0_alpha")),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_compiled_step_equals_the_eager_step(variant: str) -> None:
+    eager_terms, eager_grads, terms, grads = eager_and_compiled(variant, CompiledFusedStep(fallback_on_error=False))
+    assert tuple(terms) == LOSS_TERMS
+    for name in LOSS_TERMS:  # inductor reorders sums: round-off, not bits
+        torch.testing.assert_close(terms[name], eager_terms[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the encoder gradient is what torch 2.13's addmm pattern got wrong (INDUCTOR_OPTIONS)
+    assert_grads_close(grads, eager_grads, torch.float32)
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_step(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    attempts = []
+
+    def failing_compile(function, **options):
+        def compiled(*args):
+            attempts.append(options)
+            raise RuntimeError("InductorError: no working C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(compiled_step.torch, "compile", failing_compile)
+    step = CompiledFusedStep(fallback_on_error=True)
+    with caplog.at_level(logging.WARNING, logger=compiled_step.__name__):
+        eager_terms, eager_grads, terms, grads = eager_and_compiled("gaussian_identity", step)
+        eager_and_compiled("gaussian_identity", step)  # no second attempt once failed
+    assert len(attempts) == 1 and attempts[0]["options"] == compiled_step.INDUCTOR_OPTIONS
+    assert "training on with the eager one: InductorError: no working C++ compiler" in caplog.text
+    for name in LOSS_TERMS:  # the eager step itself: bit for bit
+        assert torch.equal(terms[name], eager_terms[name]), name
+    for name, grad in grads.items():
+        assert torch.equal(grad, eager_grads[name]), name
+
+    with pytest.raises(RuntimeError, match="no working C"):  # model.compile_step=always: no silent fallback
+        eager_and_compiled("gaussian_identity", CompiledFusedStep(fallback_on_error=False))
+
+
+def test_auto_compiles_long_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    expected = f"40,000 optimizer steps planned (auto compiles from {AUTO_MIN_STEPS:,})"
+    assert compile_decision("auto", cpu, 40_000) == (True, expected)
+    compile_it, why = compile_decision("auto", cpu, AUTO_MIN_STEPS - 1)
+    assert not compile_it and "auto compiles from 20,000" in why
+    assert compile_decision("auto", cpu, float("inf"))[0]
+    assert compile_decision("always", cpu, 10) == (True, "model.compile_step=always")
+    assert compile_decision("never", cpu, 10**9) == (False, "model.compile_step=never")
+    compile_it, why = compile_decision("auto", torch.device("meta"), 10**9)
+    assert not compile_it and why.startswith("device meta: auto compiles the CPU step only")
+    monkeypatch.setattr(compiled_step.shutil, "which", lambda name: None)
+    compile_it, why = compile_decision("auto", cpu, 10**9)
+    assert not compile_it and why.startswith("no C++ compiler")
+
+
+def test_bad_compile_step_is_a_one_line_error(tmp_path: Path) -> None:
+    from facrnn.errors import ConfigError
+    from facrnn.training.settings import ModelSettings
+
+    with pytest.raises(ConfigError, match=r"model.compile_step='yes': expected one of auto, always, never"):
+        ModelSettings(compile_step="yes")
+
+
+def test_pipeline_trains_with_the_compiled_step(tmp_path: Path, caplog) -> None:
+    quick = [*TINY_DATA, "threads=1", "logger=csv", "evaluate=false", "trainer.max_epochs=2", "seed=2"]
+    quick.append(f"paths.cache_dir={tmp_path / 'cache'}")
+    weights = {}
+    with caplog.at_level(logging.INFO, logger="facrnn.training.module"):
+        for setting in ("always", "never"):
+            cfg = compose_config("train", [*quick, f"model.compile_step={setting}"], tmp_path, setting)
+            train(cfg)
+            weights[setting] = torch.load(tmp_path / setting / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "training step: compiled by torch.compile (model.compile_step=always)" in caplog.text
+    assert "training step: eager (model.compile_step=never)" in caplog.text
+    compiled, eager = weights["always"], weights["never"]
+    assert compiled.keys() == eager.keys()
+    assert any(not torch.equal(compiled[name], eager[name]) for name in compiled)  # the compiled code ran
+    for name in compiled:  # round-off apart after 2 epochs of AdamW
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)
