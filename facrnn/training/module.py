@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -404,7 +405,14 @@ class FacRNNModule(pl.LightningModule):
     def _decide_compilation(self, batches_per_call: int) -> None:
         """Choose the compiled or the eager fused step (``model.compile_step``), once per fit."""
         self._compile_decided = True
-        planned = float(self.trainer.estimated_stepping_batches) * batches_per_call
+        trainer = self.trainer
+        # optimizer steps still to come: global_step counts them, a call makes batches_per_call
+        planned = math.inf
+        if trainer.max_steps not in (None, -1):
+            planned = float(trainer.max_steps - self.global_step)
+        if trainer.max_epochs not in (None, -1):
+            epochs_left = max(int(trainer.max_epochs) - self.current_epoch, 0)
+            planned = min(planned, epochs_left * float(trainer.num_training_batches) * batches_per_call)
         device = next(self.model.parameters()).device
         compile_it, why = compile_decision(self.hparams.get("compile_step", "auto"), device, planned)
         if compile_it:

@@ -10,6 +10,7 @@ compiles the default model once here and once through the pipeline; the other va
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,18 @@ def test_bad_compile_step_is_a_one_line_error(tmp_path: Path) -> None:
 def test_pipeline_trains_with_the_compiled_step(tmp_path: Path, caplog) -> None:
     quick = [*TINY_DATA, "threads=1", "logger=csv", "evaluate=false", "trainer.max_epochs=2", "seed=2"]
     quick.append(f"paths.cache_dir={tmp_path / 'cache'}")
-    weights = {}
+    checkpoints = {}
     with caplog.at_level(logging.INFO, logger="facrnn.training.module"):
-        for setting in ("always", "never"):
+        for setting in ("always", "never", "auto"):
             cfg = compose_config("train", [*quick, f"model.compile_step={setting}"], tmp_path, setting)
             train(cfg)
-            weights[setting] = torch.load(tmp_path / setting / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+            checkpoints[setting] = torch.load(tmp_path / setting / "checkpoints" / "last.ckpt", weights_only=True)
     assert "training step: compiled by torch.compile (model.compile_step=always)" in caplog.text
     assert "training step: eager (model.compile_step=never)" in caplog.text
+    # auto counts the optimizer steps of the run (whole-epoch calls of several batches each)
+    planned = re.search(r"training step: eager \(([\d,]+) optimizer steps planned, auto compiles from 20,000\)", caplog.text)
+    assert planned is not None and int(planned.group(1).replace(",", "")) == checkpoints["auto"]["global_step"] > 2
+    weights = {setting: checkpoint["state_dict"] for setting, checkpoint in checkpoints.items()}
     compiled, eager = weights["always"], weights["never"]
     assert compiled.keys() == eager.keys()
     assert any(not torch.equal(compiled[name], eager[name]) for name in compiled)  # the compiled code ran
