@@ -40,10 +40,16 @@ from facrnn.core.fused_step import (
 
 logger = logging.getLogger(__name__)
 
-#: Inductor's pattern passes off: in torch 2.13 the rewrite of ``add(mm(...), y, alpha=c)`` into
-#: ``addmm`` drops ``alpha`` (silently wrong gradients of the encoder; pytorch/pytorch#167313,
-#: #196577). The pointwise fusion, where the time is saved, does not depend on them.
-INDUCTOR_OPTIONS = {"pattern_matcher": False}
+#: Inductor's options for the step:
+#:
+#: - ``pattern_matcher`` off: in torch 2.13 the rewrite of ``add(mm(...), y, alpha=c)`` into
+#:   ``addmm`` drops ``alpha`` (silently wrong gradients of the encoder; pytorch/pytorch#167313,
+#:   #196577). The pointwise fusion, where the time is saved, does not depend on it.
+#: - ``cpp.vec_isa_ok``: the SIMD instruction sets are taken from the CPU's flags
+#:   (``/proc/cpuinfo``) without inductor's probe, which builds and loads a test library in a
+#:   child Python for each of them in every process (~1.3 s of a ~2.5 s warm start). A
+#:   toolchain that cannot build them fails the compilation, and ``auto`` trains on eagerly.
+INDUCTOR_OPTIONS = {"pattern_matcher": False, "cpp.vec_isa_ok": True}
 #: ``auto`` compiles runs of at least this many optimizer steps (cold compilation ~30 s, eager
 #: ~0.4 ms per step slower than compiled: about 75,000 steps to pay back without a cache,
 #: ~10,000 with one; the paper run has 40,000)
