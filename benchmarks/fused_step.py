@@ -11,9 +11,11 @@ benchmark's sizes; the arithmetic does not depend on the values):
 - ``fused + optimizer.step()``: ``fused_loss_and_backward(...)`` (sets ``.grad``, no zero_grad), ``optimizer.step()``;
 - ``fused + fused_adam_step``: the same with the AdamW kernel called directly;
 - ``compiled + fused_adam_step``: the fused step compiled by ``torch.compile``
-  (:class:`facrnn.training.compiled_step.CompiledFusedStep`, ``model.compile_step``); its
-  compilation (~30 s cold, ~3 s from torch's cache) is printed and not timed. ``--no-compile``
-  leaves it out.
+  (:class:`facrnn.training.compiled_step.CompiledFusedStep`, ``model.compile_step``);
+- ``compiled step and AdamW update``: the step and the update in one compiled graph
+  (``CompiledFusedStep.step_and_update``, what training with ``model.compile_step`` runs).
+  Compilations (~30 s cold, ~1-3 s from torch's cache) are printed and not timed.
+  ``--no-compile`` leaves both out.
 
     python -m benchmarks.fused_step                      # ~30 s
     python -m benchmarks.fused_step --repeats 21 --steps 500
@@ -128,6 +130,26 @@ def step_functions(args: argparse.Namespace, batches: list[dict[str, torch.Tenso
 
         return fused_step
 
+    def compiled_update_path() -> Callable[[int], None]:
+        """The step and the AdamW update compiled together (what training uses by default)."""
+        module = make_module(args)
+        optimizer = module.configure_optimizers()
+        model, block_mask = module.model, module.block_mask
+        beta, alpha, n_train = float(module.hparams.beta), float(module.hparams.alpha), int(module.hparams.n_train)
+        step = CompiledFusedStep(fallback_on_error=False)
+
+        def update(index: int) -> None:
+            batch = batches[index % len(batches)]
+            if step.step_and_update(model, batch, beta, alpha, n_train, block_mask, optimizer) is None:
+                fused_loss_and_backward(model, batch, beta, alpha, n_train, block_mask)
+                fused_adam_step(optimizer)  # the first step initialises the optimizer's state
+
+        started = time.perf_counter()
+        update(0)
+        update(1)
+        print(f"compilation of the compiled step and update: {time.perf_counter() - started:.1f} s (not timed below)")
+        return update
+
     paths["fused + optimizer.step()"] = fused_path(False)
     paths["fused + fused_adam_step"] = fused_path(True)
     if not args.no_compile:
@@ -136,6 +158,7 @@ def step_functions(args: argparse.Namespace, batches: list[dict[str, torch.Tenso
         compiled(0)
         print(f"compilation of the compiled step: {time.perf_counter() - started:.1f} s (not timed below)")
         paths["compiled + fused_adam_step"] = compiled
+        paths["compiled step and AdamW update"] = compiled_update_path()
     return paths
 
 

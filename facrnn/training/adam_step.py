@@ -115,4 +115,61 @@ def fused_adam_step(optimizer: torch.optim.Optimizer, checked: bool = False) -> 
             )
 
 
-__all__ = ["fused_adam_step", "fused_adam_unsupported_reason"]
+def adam_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...] | None:
+    """``(exp_avgs, exp_avg_sqs, steps)`` of ``params`` in ``optimizer.state``, or None while
+    one of them has no state yet (``optimizer.step()`` initialises it on the first step)."""
+    state = optimizer.state
+    exp_avgs, exp_avg_sqs, steps = [], [], []
+    for parameter in params:
+        parameter_state = state.get(parameter)
+        if not parameter_state:
+            return None
+        exp_avgs.append(parameter_state["exp_avg"])
+        exp_avg_sqs.append(parameter_state["exp_avg_sq"])
+        steps.append(parameter_state["step"])
+    return exp_avgs, exp_avg_sqs, steps
+
+
+def adam_hyperparameters(optimizer: torch.optim.Optimizer) -> tuple[float, float, float, float, float, bool]:
+    """``(lr, beta1, beta2, weight_decay, eps, decoupled)`` of a one-group Adam/AdamW, as floats
+    (a compiled update specialises on them: a changed lr compiles it again)."""
+    (group,) = optimizer.param_groups
+    beta1, beta2 = group["betas"]
+    decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
+    return float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]), bool(decoupled)
+
+
+def adam_update_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    hyperparameters: tuple[float, float, float, float, float, bool],
+) -> None:
+    """One Adam/AdamW update in place, written out (the arithmetic of ``torch._fused_adamw_``/
+    ``_fused_adam_`` on CPU, for a compiled step to fuse into its own kernels; equal to
+    round-off, not bit for bit).
+
+    With ``t = step + 1``: ``m = m + (1 - b1)(g - m)``, ``v = b2 v + (1 - b2) g^2``,
+    ``p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``; AdamW first decays
+    ``p = p (1 - lr wd)``, Adam adds ``wd p`` to ``g``. Each tensor is of its parameter's shape;
+    ``steps`` are the 0-d step counters.
+    """
+    lr, beta1, beta2, weight_decay, eps, decoupled = hyperparameters
+    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        step.add_(1)
+        if weight_decay != 0:
+            if decoupled:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad + weight_decay * param
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - torch.pow(beta1, step)
+        bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+        param.sub_(lr / bias_correction1 * exp_avg / denom)
+
+
+__all__ = ["adam_hyperparameters", "adam_state", "adam_update_", "fused_adam_step", "fused_adam_unsupported_reason"]

@@ -24,6 +24,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -32,11 +33,13 @@ from facrnn.core.fused_step import (
     FusedTermsAndGrads,
     Model,
     fused_terms_and_grads,
+    model_parameters,
     set_gradients,
     step_inputs,
     step_spec,
     terms_of,
 )
+from facrnn.training.adam_step import adam_hyperparameters, adam_state, adam_update_
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +92,32 @@ def compile_decision(setting: str, device: torch.device, planned_steps: float) -
     return True, f"{planned_steps:,.0f} optimizer steps planned (auto compiles from {AUTO_MIN_STEPS:,})"
 
 
+def fused_step_and_adam_update(
+    spec: FusedStepSpec,
+    hyperparameters: tuple[float, float, float, float, float, bool],
+    inputs: tuple[torch.Tensor | None, ...],
+    beta: torch.Tensor,
+    block_mask: torch.Tensor | None,
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+) -> FusedTermsAndGrads:
+    """:func:`fused_terms_and_grads` followed by the Adam/AdamW update of the parameters
+    (:func:`facrnn.training.adam_step.adam_update_`; parameters without a gradient, the
+    Poisson ``log_noise_std``, skipped), for one compiled graph. The state lists follow the
+    parameters with a gradient, in ``model_parameters`` order."""
+    result = fused_terms_and_grads(spec, *inputs, beta, block_mask)
+    params = [p for p, g in zip(inputs[:5], result[5:]) if g is not None]
+    grads = [g for g in result[5:] if g is not None]
+    adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, hyperparameters)
+    return result
+
+
 class CompiledFusedStep:
     """The fused step of one model, compiled on first use of every batch shape.
+
+    :meth:`__call__` replaces :func:`facrnn.core.fused_step.fused_loss_and_backward`;
+    :meth:`step_and_update` also applies the optimizer's update in the same compiled code.
 
     Parameters
     ----------
@@ -104,14 +131,28 @@ class CompiledFusedStep:
         warnings.filterwarnings("ignore", message=r"`torch._prims_common.check` is deprecated", category=FutureWarning)
         self.fallback_on_error = fallback_on_error
         self.failed = False
-        self._compiled: dict[FusedStepSpec, Callable[..., FusedTermsAndGrads]] = {}
+        self._compiled: dict[tuple[Any, ...], Callable[..., FusedTermsAndGrads]] = {}
 
-    def _function(self, spec: FusedStepSpec) -> Callable[..., FusedTermsAndGrads]:
-        if spec not in self._compiled:
-            self._compiled[spec] = torch.compile(
-                functools.partial(fused_terms_and_grads, spec), dynamic=False, options=INDUCTOR_OPTIONS
-            )
-        return self._compiled[spec]
+    def _function(self, function: Callable[..., FusedTermsAndGrads], *static: Any) -> Callable[..., FusedTermsAndGrads]:
+        key = (function, *static)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(functools.partial(function, *static), dynamic=False, options=INDUCTOR_OPTIONS)
+        return self._compiled[key]
+
+    def _run(
+        self, function: Callable[..., FusedTermsAndGrads], static: tuple[Any, ...], *args: Any
+    ) -> FusedTermsAndGrads | None:
+        """The compiled ``function(*static, *args)``, or None once compilation has failed."""
+        if self.failed:
+            return None
+        try:
+            return self._function(function, *static)(*args)
+        except Exception as error:  # noqa: BLE001 - a compiler failure of any kind falls back
+            if not self.fallback_on_error:
+                raise
+            self.failed = True
+            logger.warning("compiled training step failed, training on with the eager one: %s", error)
+            return None
 
     @torch.no_grad()
     def __call__(
@@ -130,19 +171,55 @@ class CompiledFusedStep:
         spec = step_spec(model, beta, alpha, n_train, partial_corr)
         inputs = step_inputs(model, batch)
         beta_tensor = torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device)
-        result = None
-        if not self.failed:
-            try:
-                result = self._function(spec)(*inputs, beta_tensor, block_mask)
-            except Exception as error:  # noqa: BLE001 - a compiler failure of any kind falls back
-                if not self.fallback_on_error:
-                    raise
-                self.failed = True
-                logger.warning("compiled training step failed, training on with the eager one: %s", error)
+        result = self._run(fused_terms_and_grads, (spec,), *inputs, beta_tensor, block_mask)
         if result is None:
             result = fused_terms_and_grads(spec, *inputs, beta, block_mask)
         set_gradients(model, result)
         return terms_of(result)
 
+    @torch.no_grad()
+    def step_and_update(
+        self,
+        model: Model,
+        batch: Mapping[str, torch.Tensor],
+        beta: float,
+        alpha: float,
+        n_train: int,
+        block_mask: torch.Tensor | None,
+        optimizer: torch.optim.Optimizer,
+        *,
+        partial_corr: bool | None = None,
+    ) -> dict[str, torch.Tensor] | None:
+        """The step and ``optimizer``'s update in one compiled graph: sets every parameter's
+        ``.grad`` (as :meth:`__call__`), updates the parameters and the optimizer's state, and
+        returns the loss terms. None, with nothing done, where the caller must take the two
+        halves itself: the optimizer's state not yet initialised (its first step), or
+        compilation failed. ``optimizer``: a one-group fused Adam/AdamW that
+        :func:`~facrnn.training.adam_step.fused_adam_unsupported_reason` accepts, over the
+        model's parameters."""
+        if self.failed:
+            return None
+        spec = step_spec(model, beta, alpha, n_train, partial_corr)
+        parameters = model_parameters(model)
+        # Poisson: no log_noise_std gradient, no update
+        state = adam_state(optimizer, list(parameters if spec.gaussian else parameters[:4]))
+        if state is None:  # checked before the noise is drawn: the caller's step draws it
+            return None
+        inputs = step_inputs(model, batch)
+        beta_tensor = torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device)
+        static = (spec, adam_hyperparameters(optimizer))
+        result = self._run(fused_step_and_adam_update, static, inputs, beta_tensor, block_mask, *state)
+        if result is None:
+            return None
+        set_gradients(model, result)
+        return terms_of(result)
 
-__all__ = ["AUTO_MIN_STEPS", "INDUCTOR_OPTIONS", "CompiledFusedStep", "compile_decision", "compile_unsupported_reason"]
+
+__all__ = [
+    "AUTO_MIN_STEPS",
+    "INDUCTOR_OPTIONS",
+    "CompiledFusedStep",
+    "compile_decision",
+    "compile_unsupported_reason",
+    "fused_step_and_adam_update",
+]

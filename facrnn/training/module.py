@@ -361,7 +361,30 @@ class FacRNNModule(pl.LightningModule):
         if fused and not self._compile_decided:
             self._decide_compilation(len(batches))
         fused_step = self._compiled_step or fused_loss_and_backward
+        # the compiled step can apply the AdamW update in its own kernels too
+        compiled_update = (
+            self._compiled_step is not None
+            and direct_step
+            and not skips_batches
+            and len(optimizer.optimizer.param_groups) == 1
+        )
         for one_batch in batches:
+            if compiled_update:
+                terms = self._compiled_step.step_and_update(
+                    self.model,
+                    one_batch,
+                    beta,
+                    float(self.hparams.alpha),
+                    int(self.hparams.n_train),
+                    self.block_mask,
+                    optimizer.optimizer,
+                    partial_corr=self.hparams.beta > 0,
+                )
+                if terms is not None:  # Lightning's step counters, as around fused_adam_step below
+                    optimizer._on_before_step()
+                    optimizer._on_after_step()
+                    step_terms.append(stack_terms(terms))
+                    continue
             if fused:
                 # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
                 terms = fused_step(

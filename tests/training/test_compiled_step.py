@@ -20,6 +20,7 @@ from facrnn.core.fused_step import fused_loss_and_backward
 from facrnn.core.losses import LOSS_TERMS
 from facrnn.runs.pipeline import train
 from facrnn.training import compiled_step
+from facrnn.training.adam_step import fused_adam_step
 from facrnn.training.compiled_step import AUTO_MIN_STEPS, CompiledFusedStep, compile_decision
 from tests.core.test_fused_step import VARIANTS, assert_grads_close, fused_arguments, make_batch, make_module
 from tests.helpers import TINY_DATA, compose_config
@@ -56,6 +57,50 @@ def test_compiled_step_equals_the_eager_step(variant: str) -> None:
         torch.testing.assert_close(terms[name], eager_terms[name], rtol=1e-5, atol=1e-6, msg=name)
     # the encoder gradient is what torch 2.13's addmm pattern got wrong (INDUCTOR_OPTIONS)
     assert_grads_close(grads, eager_grads, torch.float32)
+
+
+UPDATE_PARAMS = [
+    "gaussian_identity",
+    "poisson_external_clamped",  # no log_noise_std gradient: that parameter is left alone
+    pytest.param("copies_own_batches", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("variant", UPDATE_PARAMS)
+def test_compiled_step_and_adamw_update_equal_the_eager_ones(variant: str) -> None:
+    """Four AdamW steps (weight decay on) of the step and update compiled together against the
+    eager step + torch's fused AdamW kernel: parameters and optimizer state to round-off."""
+    module_kwargs, batch_kwargs = VARIANTS[variant]
+    runs = []
+    for compiled in (False, True):
+        module = make_module(torch.float32, **module_kwargs)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+        batch = make_batch(module, torch.float32, **batch_kwargs)
+        step = CompiledFusedStep(fallback_on_error=False)
+        torch.manual_seed(11)
+        for index in range(5):
+            terms = (
+                step.step_and_update(module.model, batch, **fused_arguments(module), optimizer=optimizer) if compiled else None
+            )
+            if terms is None:  # eager, and the compiled run's first step (no optimizer state yet)
+                assert not compiled or index == 0
+                fused_loss_and_backward(module.model, batch, **fused_arguments(module))
+                fused_adam_step(optimizer)
+        runs.append((module, optimizer, torch.get_rng_state()))
+    (eager, eager_optimizer, eager_rng), (compiled, compiled_optimizer, rng) = runs
+    assert torch.equal(rng, eager_rng)
+    initial = make_module(torch.float32, **module_kwargs).model.state_dict()
+    for (name, parameter), reference in zip(compiled.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(parameter, reference, rtol=1e-5, atol=1e-6, msg=name)
+        state, reference_state = compiled_optimizer.state[parameter], eager_optimizer.state[reference]
+        if reference.grad is None:  # Poisson log_noise_std: never stepped, no state, not moved
+            assert not state and not reference_state and torch.equal(parameter, initial[name]), name
+            continue
+        assert float(state["step"]) == float(reference_state["step"]) == 5.0, name
+        for key in ("exp_avg", "exp_avg_sq"):  # the gradients' round-off (relative to the largest entry)
+            scale = float(reference_state[key].abs().max())
+            torch.testing.assert_close(state[key], reference_state[key], rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {key}")
+        assert not torch.equal(parameter, initial[name]), name  # the update ran
 
 
 def test_a_failed_compilation_falls_back_to_the_eager_step(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
