@@ -368,17 +368,13 @@ class FacRNNModule(pl.LightningModule):
             and not skips_batches
             and len(optimizer.optimizer.param_groups) == 1
         )
+        # beta, alpha, n_train and block mask of the fused step
+        step_settings = (beta, float(self.hparams.alpha), int(self.hparams.n_train), self.block_mask)
+        partial_corr = self.hparams.beta > 0
         for one_batch in batches:
             if compiled_update:
                 terms = self._compiled_step.step_and_update(
-                    self.model,
-                    one_batch,
-                    beta,
-                    float(self.hparams.alpha),
-                    int(self.hparams.n_train),
-                    self.block_mask,
-                    optimizer.optimizer,
-                    partial_corr=self.hparams.beta > 0,
+                    self.model, one_batch, *step_settings, optimizer.optimizer, partial_corr=partial_corr
                 )
                 if terms is not None:  # Lightning's step counters, as around fused_adam_step below
                     optimizer._on_before_step()
@@ -387,15 +383,7 @@ class FacRNNModule(pl.LightningModule):
                     continue
             if fused:
                 # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
-                terms = fused_step(
-                    self.model,
-                    one_batch,
-                    beta,
-                    float(self.hparams.alpha),
-                    int(self.hparams.n_train),
-                    self.block_mask,
-                    partial_corr=self.hparams.beta > 0,
-                )
+                terms = fused_step(self.model, one_batch, *step_settings, partial_corr=partial_corr)
             else:
                 terms = self.loss_terms(one_batch, beta=beta)
                 optimizer.zero_grad()

@@ -85,4 +85,3 @@ def test_eval_max_samples_subsets_the_samples() -> None:
     subset = partial_correlation_eval(means, 0.5, [2, 2], n_mc=4, seed=1, max_samples=400)
     assert partial_correlation_eval(means, 0.5, [2, 2], n_mc=4, seed=1, max_samples=400) == subset
     assert subset != full and subset == pytest.approx(full, abs=0.05)
-
