@@ -2,9 +2,10 @@
 
 :func:`facrnn.core.fused_step.fused_terms_and_grads` is ~100 small tensor operations on a
 batch of 128; eager PyTorch spends most of a step dispatching them. Inductor fuses them into
-a few C++ loops around the matrix products: ~2-3x faster per step on one CPU core
-(benchmarks/README.md). The price is a one-off compilation, ~30 s on a cold cache and ~3-4 s
-once torch's inductor cache (``TORCHINDUCTOR_CACHE_DIR``, by default
+a few C++ loops around the matrix products, and the AdamW update into the same loops
+(:meth:`CompiledFusedStep.step_and_update`): ~2x faster per step on one CPU core
+(benchmarks/README.md). The price is a one-off compilation, ~30-45 s on a cold cache and
+~2.5 s once torch's inductor cache (``TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_$USER``) holds the kernels, so ``model.compile_step=auto`` compiles only
 runs of at least :data:`AUTO_MIN_STEPS` optimizer steps on CPU.
 
@@ -53,9 +54,9 @@ logger = logging.getLogger(__name__)
 #:   child Python for each of them in every process (~1.3 s of a ~2.5 s warm start). A
 #:   toolchain that cannot build them fails the compilation, and ``auto`` trains on eagerly.
 INDUCTOR_OPTIONS = {"pattern_matcher": False, "cpp.vec_isa_ok": True}
-#: ``auto`` compiles runs of at least this many optimizer steps (cold compilation ~30 s, eager
-#: ~0.4 ms per step slower than compiled: about 75,000 steps to pay back without a cache,
-#: ~10,000 with one; the paper run has 40,000)
+#: ``auto`` compiles runs of at least this many optimizer steps (cold compilation ~30-45 s, eager
+#: ~0.3-0.4 ms per step slower than compiled: ~100,000 steps to pay back without a cache,
+#: ~7,000 with one; the paper run has 40,000)
 AUTO_MIN_STEPS = 20_000
 
 

@@ -163,8 +163,8 @@ class FacRNNModule(pl.LightningModule):
         uses autograd. ``autograd``: autograd everywhere (the reference path).
     compile_step : {"auto", "always", "never"}
         Whether the fused step is compiled by ``torch.compile``
-        (:mod:`facrnn.training.compiled_step`; ~2-3x faster per step on CPU, after a one-off
-        compilation of ~30 s, ~4 s from torch's cache): ``auto`` (default) for runs of at
+        (:mod:`facrnn.training.compiled_step`, with the AdamW update; ~2x faster per step on
+        CPU, after a one-off compilation of ~30-45 s, ~2.5 s from torch's cache): ``auto`` (default) for runs of at
         least :data:`~facrnn.training.compiled_step.AUTO_MIN_STEPS` optimizer steps on CPU
         with a C++ compiler, ``always``, ``never``. Terms and gradients agree with the eager
         step to round-off.
