@@ -139,10 +139,7 @@ def step_functions(args: argparse.Namespace, batches: list[dict[str, torch.Tenso
         step = CompiledFusedStep(fallback_on_error=False)
 
         def update(index: int) -> None:
-            batch = batches[index % len(batches)]
-            if step.step_and_update(model, batch, beta, alpha, n_train, block_mask, optimizer) is None:
-                fused_loss_and_backward(model, batch, beta, alpha, n_train, block_mask)
-                fused_adam_step(optimizer)  # the first step initialises the optimizer's state
+            step.step_and_update(model, batches[index % len(batches)], beta, alpha, n_train, block_mask, optimizer)
 
         started = time.perf_counter()
         update(0)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -397,9 +397,10 @@ def terms_of(result: FusedTermsAndGrads) -> dict[str, torch.Tensor]:
     return dict(zip(LOSS_TERMS, result[:5]))
 
 
-def set_gradients(model: Model, result: FusedTermsAndGrads) -> None:
-    """Set (not accumulate) every parameter's ``.grad`` to its gradient in ``result``."""
-    for parameter, grad in zip(model_parameters(model), result[5:]):
+def set_gradients(parameters: Sequence[torch.Tensor], result: FusedTermsAndGrads) -> None:
+    """Set (not accumulate) the ``.grad`` of ``parameters`` (:func:`model_parameters`, or the
+    first five of :func:`step_inputs`) to their gradients in ``result``."""
+    for parameter, grad in zip(parameters, result[5:]):
         parameter.grad = grad
 
 
@@ -481,7 +482,7 @@ def fused_loss_and_backward(
         The loss terms (``facrnn.core.losses.LOSS_TERMS``), detached.
     """
     result = _fused(model, batch, beta, alpha, n_train, block_mask, partial_corr, noise)
-    set_gradients(model, result)
+    set_gradients(model_parameters(model), result)
     return terms_of(result)
 
 

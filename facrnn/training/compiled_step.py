@@ -34,13 +34,12 @@ from facrnn.core.fused_step import (
     FusedTermsAndGrads,
     Model,
     fused_terms_and_grads,
-    model_parameters,
     set_gradients,
     step_inputs,
     step_spec,
     terms_of,
 )
-from facrnn.training.adam_step import adam_hyperparameters, adam_state, adam_update_
+from facrnn.training.adam_step import adam_hyperparameters, adam_state, adam_update_, fused_adam_step
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +132,7 @@ class CompiledFusedStep:
         self.fallback_on_error = fallback_on_error
         self.failed = False
         self._compiled: dict[tuple[Any, ...], Callable[..., FusedTermsAndGrads]] = {}
+        self._beta: tuple[float, torch.Tensor] | None = None  # the last beta and its tensor
 
     def _function(self, function: Callable[..., FusedTermsAndGrads], *static: Any) -> Callable[..., FusedTermsAndGrads]:
         key = (function, *static)
@@ -155,6 +155,23 @@ class CompiledFusedStep:
             logger.warning("compiled training step failed, training on with the eager one: %s", error)
             return None
 
+    def _prepare(
+        self,
+        model: Model,
+        batch: Mapping[str, torch.Tensor],
+        beta: float,
+        alpha: float,
+        n_train: int,
+        partial_corr: bool | None,
+    ) -> tuple[FusedStepSpec, tuple[torch.Tensor | None, ...], torch.Tensor]:
+        """The spec, the tensor inputs (the noise drawn once, here) and ``beta`` as a 0-d tensor
+        (one per value: the compiled code takes it as an input, not a constant)."""
+        spec = step_spec(model, beta, alpha, n_train, partial_corr)
+        inputs = step_inputs(model, batch)
+        if self._beta is None or self._beta[0] != beta:
+            self._beta = (beta, torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device))
+        return spec, inputs, self._beta[1]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -169,13 +186,11 @@ class CompiledFusedStep:
     ) -> dict[str, torch.Tensor]:
         """:func:`facrnn.core.fused_step.fused_loss_and_backward`, compiled: sets every
         parameter's ``.grad`` and returns the loss terms."""
-        spec = step_spec(model, beta, alpha, n_train, partial_corr)
-        inputs = step_inputs(model, batch)
-        beta_tensor = torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device)
+        spec, inputs, beta_tensor = self._prepare(model, batch, beta, alpha, n_train, partial_corr)
         result = self._run(fused_terms_and_grads, (spec,), *inputs, beta_tensor, block_mask)
         if result is None:
             result = fused_terms_and_grads(spec, *inputs, beta, block_mask)
-        set_gradients(model, result)
+        set_gradients(inputs[:5], result)
         return terms_of(result)
 
     @torch.no_grad()
@@ -190,29 +205,27 @@ class CompiledFusedStep:
         optimizer: torch.optim.Optimizer,
         *,
         partial_corr: bool | None = None,
-    ) -> dict[str, torch.Tensor] | None:
-        """The step and ``optimizer``'s update in one compiled graph: sets every parameter's
-        ``.grad`` (as :meth:`__call__`), updates the parameters and the optimizer's state, and
-        returns the loss terms. None, with nothing done, where the caller must take the two
-        halves itself: the optimizer's state not yet initialised (its first step), or
-        compilation failed. ``optimizer``: a one-group fused Adam/AdamW that
-        :func:`~facrnn.training.adam_step.fused_adam_unsupported_reason` accepts, over the
-        model's parameters."""
-        if self.failed:
-            return None
-        spec = step_spec(model, beta, alpha, n_train, partial_corr)
-        parameters = model_parameters(model)
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`__call__` followed by ``optimizer``'s step, in one compiled graph: sets every
+        parameter's ``.grad``, updates the parameters and the optimizer's state, and returns the
+        loss terms. The first step, which creates the optimizer's state, and every step after a
+        failed compilation are the eager step and :func:`~facrnn.training.adam_step.fused_adam_step`
+        (the same noise either way). ``optimizer``: a one-group fused Adam/AdamW over the model's
+        parameters that :func:`~facrnn.training.adam_step.fused_adam_unsupported_reason` accepts."""
+        spec, inputs, beta_tensor = self._prepare(model, batch, beta, alpha, n_train, partial_corr)
+        parameters = inputs[:5]
         # Poisson: no log_noise_std gradient, no update
         state = adam_state(optimizer, list(parameters if spec.gaussian else parameters[:4]))
-        if state is None:  # checked before the noise is drawn: the caller's step draws it
-            return None
-        inputs = step_inputs(model, batch)
-        beta_tensor = torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device)
-        static = (spec, adam_hyperparameters(optimizer))
-        result = self._run(fused_step_and_adam_update, static, inputs, beta_tensor, block_mask, *state)
-        if result is None:
-            return None
-        set_gradients(model, result)
+        result = None
+        if state is not None:
+            static = (spec, adam_hyperparameters(optimizer))
+            result = self._run(fused_step_and_adam_update, static, inputs, beta_tensor, block_mask, *state)
+        updated = result is not None
+        if not updated:
+            result = fused_terms_and_grads(spec, *inputs, beta, block_mask)
+        set_gradients(parameters, result)
+        if not updated:  # the update from the gradients just set
+            fused_adam_step(optimizer, checked=True)
         return terms_of(result)
 
 

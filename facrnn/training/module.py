@@ -363,7 +363,8 @@ class FacRNNModule(pl.LightningModule):
         fused_step = self._compiled_step or fused_loss_and_backward
         # the compiled step can apply the AdamW update in its own kernels too
         compiled_update = (
-            self._compiled_step is not None
+            fused
+            and self._compiled_step is not None
             and direct_step
             and not skips_batches
             and len(optimizer.optimizer.param_groups) == 1
@@ -373,14 +374,14 @@ class FacRNNModule(pl.LightningModule):
         partial_corr = self.hparams.beta > 0
         for one_batch in batches:
             if compiled_update:
+                # Lightning's step counters kept, as around fused_adam_step below
+                optimizer._on_before_step()
                 terms = self._compiled_step.step_and_update(
                     self.model, one_batch, *step_settings, optimizer.optimizer, partial_corr=partial_corr
                 )
-                if terms is not None:  # Lightning's step counters, as around fused_adam_step below
-                    optimizer._on_before_step()
-                    optimizer._on_after_step()
-                    step_terms.append(stack_terms(terms))
-                    continue
+                optimizer._on_after_step()
+                step_terms.append(stack_terms(terms))
+                continue
             if fused:
                 # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
                 terms = fused_step(self.model, one_batch, *step_settings, partial_corr=partial_corr)
@@ -425,9 +426,10 @@ class FacRNNModule(pl.LightningModule):
             epochs_left = max(int(trainer.max_epochs) - self.current_epoch, 0)
             planned = min(planned, epochs_left * float(trainer.num_training_batches) * batches_per_call)
         device = next(self.model.parameters()).device
-        compile_it, why = compile_decision(self.hparams.get("compile_step", "auto"), device, planned)
+        setting = self.hparams.get("compile_step", "auto")
+        compile_it, why = compile_decision(setting, device, planned)
         if compile_it:
-            self._compiled_step = CompiledFusedStep(fallback_on_error=self.hparams.get("compile_step") != "always")
+            self._compiled_step = CompiledFusedStep(fallback_on_error=setting != "always")
         logger.info("training step: %s (%s)", "compiled by torch.compile" if compile_it else "eager", why)
 
     def on_train_start(self) -> None:

@@ -129,6 +129,37 @@ def test_a_failed_compilation_falls_back_to_the_eager_step(monkeypatch: pytest.M
         eager_and_compiled("gaussian_identity", CompiledFusedStep(fallback_on_error=False))
 
 
+def test_a_failed_compilation_of_the_update_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """step_and_update after a failed compilation: the eager step and torch's fused AdamW, bit
+    for bit, from the same noise (it is drawn once, before the compiled code is tried)."""
+
+    def failing_compile(function, **options):
+        def compiled(*args):
+            raise RuntimeError("InductorError: no working C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(compiled_step.torch, "compile", failing_compile)
+    runs = []
+    for via_step_and_update in (False, True):
+        module = make_module(torch.float32)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+        batch = make_batch(module, torch.float32)
+        step = CompiledFusedStep(fallback_on_error=True)
+        torch.manual_seed(11)
+        for _ in range(3):  # the first creates the optimizer's state, the second finds compilation failing
+            if via_step_and_update:
+                step.step_and_update(module.model, batch, **fused_arguments(module), optimizer=optimizer)
+            else:
+                fused_loss_and_backward(module.model, batch, **fused_arguments(module))
+                fused_adam_step(optimizer)
+        runs.append((module, torch.get_rng_state()))
+    (eager, eager_rng), (fallback, rng) = runs
+    assert torch.equal(rng, eager_rng)
+    for (name, parameter), reference in zip(fallback.named_parameters(), eager.parameters()):
+        assert torch.equal(parameter, reference), name
+
+
 def test_auto_compiles_long_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     expected = f"40,000 optimizer steps planned (auto compiles from {AUTO_MIN_STEPS:,})"
