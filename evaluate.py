@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from facrnn.cli.errors import check_command_line, check_composition, exit_on_error
 from facrnn.cli.evaluate import evaluate
+from facrnn.cli.process import frozen_garbage_collection
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -22,7 +23,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
-        check_command_line(sys.argv[1:])
-        check_composition(sys.argv[1:], "evaluate", Path(__file__).parent / "conf")
-    main()
+    # the imported modules (and, at exit, everything) out of the garbage collector's walks
+    with frozen_garbage_collection():
+        with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
+            check_command_line(sys.argv[1:])
+            check_composition(sys.argv[1:], "evaluate", Path(__file__).parent / "conf")
+        main()

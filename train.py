@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from facrnn.cli.errors import check_command_line, check_composition, exit_on_error
+from facrnn.cli.process import frozen_garbage_collection
 from facrnn.cli.report import evaluation_title, format_metrics
 from facrnn.runs.pipeline import train
 from facrnn.runs.sweeps import objective_value, run_job_isolated
@@ -37,7 +38,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
-        check_command_line(sys.argv[1:])
-        check_composition(sys.argv[1:], "train", Path(__file__).parent / "conf")
-    main()
+    # the imported modules (and, at exit, everything) out of the garbage collector's walks
+    with frozen_garbage_collection():
+        with exit_on_error():  # an override Hydra cannot parse, or a value a schema refuses: one line
+            check_command_line(sys.argv[1:])
+            check_composition(sys.argv[1:], "train", Path(__file__).parent / "conf")
+        main()
