@@ -377,6 +377,20 @@ def step_inputs(
     return B, b, A, a, log_noise_std, x, u, external, noise, mask
 
 
+def step_arguments(
+    model: Model,
+    batch: Mapping[str, torch.Tensor],
+    beta: float,
+    alpha: float,
+    n_train: int,
+    partial_corr: bool | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[FusedStepSpec, tuple[torch.Tensor | None, ...]]:
+    """:func:`step_spec` and :func:`step_inputs` of one step: what :func:`fused_terms_and_grads`
+    takes besides ``beta`` and the block mask (the noise drawn here when None)."""
+    return step_spec(model, beta, alpha, n_train, partial_corr), step_inputs(model, batch, noise)
+
+
 @torch.no_grad()
 def _fused(
     model: Model,
@@ -388,8 +402,8 @@ def _fused(
     partial_corr: bool | None,
     noise: torch.Tensor | None,
 ) -> FusedTermsAndGrads:
-    spec = step_spec(model, beta, alpha, n_train, partial_corr)
-    return fused_terms_and_grads(spec, *step_inputs(model, batch, noise), beta, block_mask)
+    spec, inputs = step_arguments(model, batch, beta, alpha, n_train, partial_corr, noise)
+    return fused_terms_and_grads(spec, *inputs, beta, block_mask)
 
 
 def terms_of(result: FusedTermsAndGrads) -> dict[str, torch.Tensor]:
@@ -501,6 +515,7 @@ __all__ = [
     "fused_terms_and_grads",
     "model_parameters",
     "set_gradients",
+    "step_arguments",
     "step_inputs",
     "step_spec",
     "terms_of",

@@ -35,8 +35,7 @@ from facrnn.core.fused_step import (
     Model,
     fused_terms_and_grads,
     set_gradients,
-    step_inputs,
-    step_spec,
+    step_arguments,
     terms_of,
 )
 from facrnn.training.adam_step import adam_hyperparameters, adam_state, adam_update_, fused_adam_step
@@ -166,8 +165,7 @@ class CompiledFusedStep:
     ) -> tuple[FusedStepSpec, tuple[torch.Tensor | None, ...], torch.Tensor]:
         """The spec, the tensor inputs (the noise drawn once, here) and ``beta`` as a 0-d tensor
         (one per value: the compiled code takes it as an input, not a constant)."""
-        spec = step_spec(model, beta, alpha, n_train, partial_corr)
-        inputs = step_inputs(model, batch)
+        spec, inputs = step_arguments(model, batch, beta, alpha, n_train, partial_corr)
         if self._beta is None or self._beta[0] != beta:
             self._beta = (beta, torch.tensor(beta, dtype=inputs[0].dtype, device=inputs[0].device))
         return spec, inputs, self._beta[1]
