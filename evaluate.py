@@ -4,6 +4,13 @@ Writes ``RUN/metrics.json`` and ``RUN/figures/*.png``. See ``conf/evaluate.yaml`
 :mod:`facrnn.cli.evaluate`.
 """
 
+import gc
+
+if __name__ == "__main__":
+    # no cyclic collections while the modules below load: ~0.8 s of full collections over their
+    # ~400,000 objects (benchmarks/README.md); frozen_garbage_collection() turns them back on
+    gc.disable()
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,13 @@
 See README.md, docs/scale.md and ``conf/train.yaml``.
 """
 
+import gc
+
+if __name__ == "__main__":
+    # no cyclic collections while the modules below load: ~0.8 s of full collections over their
+    # ~400,000 objects (benchmarks/README.md); frozen_garbage_collection() turns them back on
+    gc.disable()
+
 import sys
 from pathlib import Path
 

@@ -13,12 +13,16 @@ from matplotlib.figure import Figure
 DPI = 100
 # Resolution of the imaging movie's frames (facrnn.plots.imaging): lower, a GIF holds hundreds.
 MOVIE_DPI = 72
+# zlib level of the PNGs: 3 encodes in ~half the time of PIL's default 6 for 3-9 % larger files
+# (the six figures of the paper run: ~0.1 s less)
+PNG_COMPRESS_LEVEL = 3
 
-__all__ = ["DPI", "MOVIE_DPI", "save_figure"]
+__all__ = ["DPI", "MOVIE_DPI", "PNG_COMPRESS_LEVEL", "save_figure"]
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG of :data:`DPI` to ``path``, creating its parent folders.
+    """Write ``fig`` as a PNG of :data:`DPI` (zlib level :data:`PNG_COMPRESS_LEVEL`) to ``path``,
+    creating its parent folders.
 
     Parameters
     ----------
@@ -34,5 +38,5 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=DPI, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path

@@ -354,7 +354,7 @@ class FacRNNModule(pl.LightningModule):
         optimizer = self.optimizers()
         beta = self.training_beta()
         skips_batches = self.nonfinite.skip_limit > 0 and not self.is_replicated
-        step_terms = []
+        step_terms: list[torch.Tensor] = []  # each step's LOSS_TERMS, one after the other, detached
         direct_step = self._direct_step and fused_adam_unsupported_reason(optimizer.optimizer) is None
         # the batches of one call come from one loader: alike in keys, shapes, dtype and device
         fused = self._fused_gradients and fused_batch_unsupported_reason(self.model, batches[0]) is None
@@ -380,7 +380,8 @@ class FacRNNModule(pl.LightningModule):
                     self.model, one_batch, *step_settings, optimizer.optimizer, partial_corr=partial_corr
                 )
                 optimizer._on_after_step()
-                step_terms.append(stack_terms(terms))
+                # computed without autograd: no detach; stacked once per call, below
+                step_terms.extend([terms[name] for name in LOSS_TERMS])
                 continue
             if fused:
                 # the same terms as loss_terms, gradients set in .grad by hand (no zero_grad needed)
@@ -404,15 +405,16 @@ class FacRNNModule(pl.LightningModule):
                 optimizer._on_after_step()
             else:
                 optimizer.step()
-            step_terms.append(stack_terms(terms))
+            step_terms.extend([terms[name].detach() for name in LOSS_TERMS])
         if not step_terms:
             return
-        call_terms = torch.stack(step_terms)  # (steps, terms) or (steps, terms, C)
+        # (steps, terms) or (steps, terms, C)
+        call_terms = torch.stack(step_terms).unflatten(0, (-1, len(LOSS_TERMS)))
         # One host synchronisation per call (per epoch by default), not per step.
         if not self.is_replicated and not bool(torch.isfinite(call_terms).all()):
             raise self.nonfinite.error(call_terms, self.global_step, self.current_epoch, self._trainer)
         # Accumulate on device; logged once per epoch.
-        self._train_means.add(call_terms.sum(0), len(step_terms))
+        self._train_means.add(call_terms.sum(0), call_terms.shape[0])
 
     def _decide_compilation(self, batches_per_call: int) -> None:
         """Choose the compiled or the eager fused step (``model.compile_step``), once per fit."""

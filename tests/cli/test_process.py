@@ -47,6 +47,16 @@ def test_objects_alive_on_entry_and_exit_are_frozen_and_new_garbage_is_still_col
     assert tracked(before) and tracked(during)
 
 
+def test_the_collector_is_on_inside_the_block_after_a_start_without_it() -> None:
+    gc.disable()  # as the commands do before their imports
+    try:
+        with frozen_garbage_collection():
+            assert gc.isenabled(), "collection is back on for the command's run"
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 def test_frozen_again_when_the_command_fails() -> None:
     try:
         with pytest.raises(SystemExit), frozen_garbage_collection():
@@ -57,16 +67,37 @@ def test_frozen_again_when_the_command_fails() -> None:
         gc.unfreeze()
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
-def test_the_commands_run_main_inside_the_frozen_block(script: str) -> None:
-    tree = ast.parse((ROOT / script).read_text())
-    (main_block,) = [
+def main_blocks(tree: ast.Module) -> list[ast.If]:
+    """The module-level ``if __name__ == "__main__":`` blocks of ``tree``."""
+    return [
         node
         for node in tree.body
         if isinstance(node, ast.If)
         and isinstance(node.test, ast.Compare)
         and ast.unparse(node.test) == "__name__ == '__main__'"
     ]
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_the_commands_import_with_the_collector_off(script: str) -> None:
+    tree = ast.parse((ROOT / script).read_text())
+    first_import = next(
+        index
+        for index, node in enumerate(tree.body)
+        if isinstance(node, ast.Import | ast.ImportFrom) and not ast.unparse(node) == "import gc"
+    )
+    disabling = [
+        index
+        for index, block in enumerate(tree.body)
+        if block in main_blocks(tree) and [ast.unparse(node) for node in block.body] == ["gc.disable()"]
+    ]
+    assert disabling and disabling[0] < first_import, f"{script}: gc.disable() under __main__ before the imports"
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_the_commands_run_main_inside_the_frozen_block(script: str) -> None:
+    tree = ast.parse((ROOT / script).read_text())
+    main_block = main_blocks(tree)[-1]
     (outer,) = main_block.body[-1:]
     assert isinstance(outer, ast.With), f"{script}: the __main__ block should be `with frozen_garbage_collection():`"
     assert ast.unparse(outer.items[0].context_expr) == "frozen_garbage_collection()"

@@ -71,3 +71,27 @@ def test_connectivity_has_one_colour_bar_per_row(tmp_path: Path, drawn: list[Fig
     colour_bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(colour_bars) == 3  # W row and one row per group, each shared by learned and true
     assert len(shown_axes(fig)) == 6
+
+
+def png_zlib_level_class(path: Path) -> int:
+    """FLEVEL of the zlib stream in ``path``'s first IDAT chunk: 0 fastest, 1 fast, 2 default, 3 best."""
+    data = path.read_bytes()
+    position = 8  # after the PNG signature
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IDAT":
+            return data[position + 9] >> 6  # the zlib header's second byte
+        position += 12 + length
+    raise AssertionError(f"{path}: no IDAT chunk")
+
+
+def test_figures_are_written_with_fast_png_compression(tmp_path: Path) -> None:
+    fig = Figure(figsize=(4.0, 3.0))
+    fig.subplots().plot(np.sin(np.linspace(0.0, 6.0, 200)))
+    path = save_module.save_figure(fig, tmp_path / "fast.png")
+    assert_png(path)
+    assert save_module.PNG_COMPRESS_LEVEL == 3
+    assert png_zlib_level_class(path) == 1  # zlib levels 2-5; matplotlib's default (6) writes 2
+    default = tmp_path / "default.png"
+    fig.savefig(default, dpi=save_module.DPI, format="png")
+    assert png_zlib_level_class(default) == 2
